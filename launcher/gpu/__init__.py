@@ -1,0 +1,1 @@
+"""GPUs and the host they sit in, as plain data (NVML stays inside ``nvml.py``)."""

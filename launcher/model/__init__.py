@@ -1,0 +1,1 @@
+"""GGUF models: reading headers without the weights, and writing synthetic ones."""

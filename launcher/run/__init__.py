@@ -1,0 +1,1 @@
+"""Everything that spawns processes: building llama.cpp, probing and running llama-server."""

@@ -1,0 +1,107 @@
+"""Shared fixtures: a private LLAMA_LAUNCHER_HOME per test, the real llama-server, tiny models.
+
+The llama-server build is found once, before any test changes the environment: from
+``$LLAMA_SERVER`` or the user's cache, where ``scripts/test`` installs it. Every test then runs
+with its own ``LLAMA_LAUNCHER_HOME`` so it can never touch a real fleet or profile.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from launcher.model import synthetic
+
+_REAL_SERVER: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _REAL_SERVER
+    env = os.environ.get("LLAMA_SERVER")
+    if env:
+        _REAL_SERVER = Path(env)
+        return
+    from launcher.run.install import installations
+
+    found = installations()
+    _REAL_SERVER = found[0].server if found else None
+
+
+@pytest.fixture(autouse=True)
+def launcher_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh LLAMA_LAUNCHER_HOME for this test; no LLAMA_SERVER unless a test sets one."""
+    home = tmp_path / "launcher-home"
+    monkeypatch.setenv("LLAMA_LAUNCHER_HOME", str(home))
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """The real llama-server binary that ``scripts/test`` built."""
+    if _REAL_SERVER is None or not _REAL_SERVER.is_file():
+        pytest.fail(
+            "No llama-server build found: run the tests through scripts/test, which builds "
+            "one first, or set LLAMA_SERVER."
+        )
+    return _REAL_SERVER
+
+
+@pytest.fixture(scope="session")
+def vocab_dir(llama_server: Path) -> Path:
+    """llama.cpp's ggml-vocab-*.gguf files, kept beside the build."""
+    return llama_server.parent.parent / "models"
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterator[object]:
+    """Writes (and caches for the session) tiny synthetic models: ``make(arch, parts=1)``."""
+    root = tmp_path_factory.mktemp("models")
+    made: dict[tuple[str, str, int, bool], Path] = {}
+
+    def make(arch: str = "llama", size: str = "tiny", parts: int = 1, sparse: bool = False) -> Path:
+        key = (arch, size, parts, sparse)
+        if key not in made:
+            shape = synthetic.shape_for(arch, size)
+            out = root / f"{arch}-{size}-{parts}{'-sparse' if sparse else ''}.gguf"
+            written = synthetic.write_model(
+                out,
+                shape,
+                vocab_dir / synthetic.vocab_file_name(shape),
+                parts=parts,
+                sparse=sparse,
+            )
+            made[key] = written[0]
+        return made[key]
+
+    yield make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Poll ``url``/health until 200; fail with the log if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"llama-server exited with {proc.returncode} while loading")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"llama-server at {url} was not healthy after {timeout} s")
