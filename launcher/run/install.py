@@ -490,6 +490,7 @@ def _install(
         final = root / key
         if final.exists():
             shutil.rmtree(final)
+        staging.chmod(0o755)
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
