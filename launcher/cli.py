@@ -7,14 +7,18 @@ Each subcommand is a thin layer over the headless packages: parse, call, print. 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher import __version__
 from launcher.errors import LauncherError
+
+if TYPE_CHECKING:
+    from launcher.gpu.inventory import Inventory
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -113,41 +117,142 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- gpus and hardware profiles --------------------------------------------------------------
+
+
+def _inventory(args: argparse.Namespace) -> Inventory:
+    """The hardware to show or plan for: a profile when ``--hardware`` is given, else NVML."""
+    from launcher.gpu import inventory as inv
+    from launcher.gpu.backend import open_backend
+    from launcher.profiles import hardware
+
+    if getattr(args, "hardware", None):
+        return hardware.load_hardware_profile(hardware.resolve(args.hardware))
+    backend = open_backend()
+    try:
+        return inv.from_backend(backend)
+    finally:
+        backend.close()
+
+
+def _gib(n: int | float | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f}"
+
+
+def print_inventory(inventory: Inventory) -> None:
+    from launcher.gpu.findings import host_findings
+
+    if inventory.source == "nvml" and not inventory.driver.available:
+        print(
+            f"No NVIDIA GPU: {inventory.driver.reason}. Planning on a hardware profile "
+            "(--hardware) and cpu:N workers still work."
+        )
+    elif inventory.source == "nvml":
+        print(
+            f"NVIDIA driver {inventory.driver.driver_version}, CUDA {inventory.driver.cuda_version}"
+        )
+    else:
+        print(f"Hardware profile {inventory.source.removeprefix('profile:')}")
+    for host in inventory.hosts:
+        info = host.info
+        where = f" at {info.address}" if info.address else ""
+        print(
+            f"\nHost {host.name}{where}: {info.cpu_cores} CPU threads, "
+            f"{_gib(info.ram_total_bytes)} GiB RAM ({_gib(info.ram_available_bytes)} GiB "
+            "available)" + (f", {info.numa_nodes} NUMA nodes" if info.numa_nodes else "")
+        )
+        if not host.cards:
+            print("  no NVIDIA cards")
+            continue
+        print(
+            f"  {'GPU':<4}{'name':<30}{'VRAM used/total GiB':<21}{'PCIe now / max (card)':<26}"
+            f"{'mem bw':>10}  {'NVLink':<9}{'temp':>5}{'power W':>12}"
+        )
+        for c in host.cards:
+            link = c.pcie
+            pcie = (
+                f"{link.describe(link.gen_current, link.width_current)} / "
+                f"{link.describe(link.gen_max, link.width_max)}"
+                + (f" (gen{link.gen_card_max})" if link.gen_card_max else "")
+            )
+            bw = (
+                f"{c.memory_bandwidth_bytes_s / 1e9:.0f} GB/s"
+                if c.memory_bandwidth_bytes_s
+                else "?"
+            )
+            peers = sum(1 for p in host.links if p.nvlink_links and c.index in (p.a, p.b))
+            nv = f"{peers} peer{'s' if peers != 1 else ''}" if peers else "-"
+            temp = f"{c.temperature_c}C" if c.temperature_c is not None else "-"
+            power = (
+                f"{c.power_draw_w:.0f}/{c.power_limit_w:.0f}"
+                if c.power_draw_w is not None and c.power_limit_w is not None
+                else "-"
+            )
+            mark = " [reserved]" if c.reserved else " [lost]" if c.lost else ""
+            name = (c.name + mark)[:29]
+            vram = f"{_gib(c.memory_used_bytes)} / {_gib(c.memory_total_bytes)}"
+            print(
+                f"  {c.index:<4}{name:<30}{vram:<21}{pcie:<26}{bw:>10}  {nv:<9}{temp:>5}{power:>12}"
+            )
+        findings = host_findings(host)
+        if findings:
+            print("  Findings:")
+            for f in findings:
+                print(f"  - {f.text}")
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    from launcher.gpu import inventory as inv
+    from launcher.gpu.findings import host_findings
+
+    inventory = _inventory(args)
+    if args.json:
+        findings = [[f.to_json() for f in host_findings(h)] for h in inventory.hosts]
+        print(json.dumps(inv.to_json(inventory, findings), indent=2))
+    else:
+        print_inventory(inventory)
+    return 0
+
+
+def cmd_hardware_save(args: argparse.Namespace) -> int:
+    from launcher.profiles import hardware
+
+    inventory = _inventory(argparse.Namespace(hardware=None))
+    path = hardware.save_profile(inventory, args.name, force=args.force)
+    n = len(inventory.cards)
+    print(
+        f"Saved this box ({n} card{'s' if n != 1 else ''}) as hardware profile "
+        f"'{args.name}': {path}"
+    )
+    return 0
+
+
+def cmd_hardware_list(args: argparse.Namespace) -> int:
+    from launcher.profiles import hardware
+
+    for name, path, origin in hardware.list_profiles():
+        print(f"{name:<28} {origin:<8} {path}")
+    return 0
+
+
 # --- the main job (until the TUI exists) ---------------------------------------------------
 
 
 def cmd_overview(args: argparse.Namespace) -> int:
-    """Print this box: host, NVIDIA cards and the llama-server that would run."""
-    import psutil
-
-    from launcher.gpu import nvml
+    """Print this box (host, cards, findings) and the llama-server that would run."""
     from launcher.run.server_binary import find_server, probe
 
-    mem = psutil.virtual_memory()
-    print(
-        f"Host: {os.uname().nodename}, {psutil.cpu_count(logical=True)} CPU threads, "
-        f"{mem.total / 2**30:.1f} GiB RAM ({mem.available / 2**30:.1f} GiB available)"
-    )
-    try:
-        cards = nvml.card_identities()
-        if cards:
-            for card in cards:
-                cc = ".".join(map(str, card.compute_capability))
-                print(f"GPU {card.index}: {card.name} (compute capability {cc})")
-        else:
-            print("No NVIDIA GPU found by the driver; cpu:N workers still run.")
-    except nvml.NvmlUnavailable as err:
-        print(f"No NVIDIA GPU: {err}; planning and cpu:N workers still work.")
+    print_inventory(_inventory(argparse.Namespace(hardware=None)))
     try:
         server = find_server(args.llama_server)
         caps = probe(server)
         print(
-            f"llama-server: {server.path} (from {server.origin}), version {caps.version}"
+            f"\nllama-server: {server.path} (from {server.origin}), version {caps.version}"
             f"{f' commit {caps.commit}' if caps.commit else ''}, "
             f"split modes {', '.join(caps.split_modes) or 'none'}"
         )
     except LauncherError as err:
-        print(f"llama-server: {err}")
+        print(f"\nllama-server: {err}")
     return 0
 
 
@@ -213,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer from (default: from the installed llama.cpp)",
     )
     p.set_defaults(handler=cmd_make_model)
+
+    p = sub.add_parser("gpus", help="list this box's GPUs, links and findings (or a profile's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--hardware", metavar="NAME|PATH", help="show a hardware profile instead")
+    p.set_defaults(handler=cmd_gpus)
+
+    hw = sub.add_parser("hardware", help="hardware profiles")
+    hw_sub = hw.add_subparsers(title="hardware commands", metavar="ACTION", required=True)
+    p = hw_sub.add_parser("save", help="save this box as a hardware profile")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="replace an existing profile")
+    p.set_defaults(handler=cmd_hardware_save)
+    p = hw_sub.add_parser("list", help="list saved and shipped hardware profiles")
+    p.set_defaults(handler=cmd_hardware_list)
     return parser
 
 

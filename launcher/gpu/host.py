@@ -1,0 +1,42 @@
+"""Facts about the host computer, through psutil."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """A computer holding cards: this one (from psutil) or one in a hardware profile."""
+
+    name: str
+    ram_total_bytes: int
+    ram_available_bytes: int
+    cpu_cores: int  # logical CPUs
+    numa_nodes: int | None = None
+    address: str | None = None  # "192.168.1.20:8080" for a box on the LAN
+
+
+def this_host() -> HostInfo:
+    """RAM, CPU count and NUMA nodes of the machine this runs on."""
+    import psutil
+
+    mem = psutil.virtual_memory()
+    return HostInfo(
+        name=socket.gethostname(),
+        ram_total_bytes=int(mem.total),
+        ram_available_bytes=int(mem.available),
+        cpu_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        numa_nodes=_numa_nodes(),
+    )
+
+
+def _numa_nodes() -> int | None:
+    nodes = Path("/sys/devices/system/node")
+    if not nodes.is_dir():
+        return None
+    count = sum(1 for p in nodes.glob("node[0-9]*") if p.is_dir())
+    return count or None
