@@ -162,8 +162,8 @@ def _card_findings(card: GpuCard, sample: GpuSample | None) -> list[Finding]:
                 f"{label}: linked at x{linked} of x{width} lanes (riser or bifurcation).",
                 f"At {link.describe(link.gen_max, linked)} ("
                 f"{(link.bytes_per_s(link.gen_max, linked) or 0) / 1e9:.1f} GB/s) loading the "
-                "model "
-                "and prompt processing are slow, and a tensor split over such a link is not worth it; "
+                "model and prompt processing are slow, and a tensor split over such a link is "
+                "not worth it; "
                 "a per-card worker or a layer split still decodes at full speed.",
             )
         )
