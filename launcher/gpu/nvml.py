@@ -253,7 +253,8 @@ class NvmlBackend:
             remote = self._opt(n.nvmlDeviceGetNvLinkRemotePciInfo, h, link)
             if remote is not None:
                 bus = normalize_bus_id(_text(remote.busId))
-                if bus not in peers:
+                # behind NVSwitch (or in a VM) the far end reads as ffffffff:ff:ff.0: no peer
+                if not bus.startswith("ffff") and bus not in peers:
                     peers.append(bus)
         return tuple(sorted(peers)), (active if supported else None)
 
