@@ -85,6 +85,22 @@ def model_factory(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> 
     yield make
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m launcher ARGS`` as a user runs it, with ``env`` added to the environment."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

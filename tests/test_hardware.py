@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,22 +19,13 @@ from launcher.gpu.inventory import from_backend
 from launcher.gpu.sampler import GpuSampler
 from launcher.profiles import hardware
 from tests import gpu_boxes
+from tests.conftest import run_cli
 
 HOST = HostInfo("box", 64 << 30, 60 << 30, 16)
 
 
 def cli(*args: str, backend: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if backend:
-        env["LLAMA_LAUNCHER_GPU_BACKEND"] = backend
-    return subprocess.run(
-        [sys.executable, "-m", "launcher", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env={"LLAMA_LAUNCHER_GPU_BACKEND": backend} if backend else None)
 
 
 # --- fixed backend -------------------------------------------------------------------------

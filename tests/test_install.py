@@ -196,3 +196,20 @@ def test_probe_reads_the_real_server_once(llama_server: Path) -> None:
     cached = list(paths.probes_dir().glob("*.json"))
     assert len(cached) == 1
     assert server_binary.probe(server) == caps
+
+
+def test_failed_build_step_names_itself_and_its_log(tmp_path: Path) -> None:
+    tree = tmp_path / "llama.cpp"
+    (tree / "tools" / "server").mkdir(parents=True)
+    (tree / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.14)\nproject(x)\n"
+        'message(FATAL_ERROR "broken on purpose")\n'
+    )
+    result = run_install({}, "--source", str(tree))
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("llama-launcher: The configure step failed (exit code 1)")
+    log = Path(line.split("the last lines of ")[1].split(" say why")[0])
+    assert "broken on purpose" in log.read_text()
+    builds = paths.builds_dir()
+    assert not builds.exists() or not any(builds.iterdir())  # nothing half-installed

@@ -100,13 +100,12 @@ class ArrayRef:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """One row of the tensor table; ``offset`` is relative to the data section."""
+class TensorSpec:
+    """A tensor: name, ggml shape (ne0 first) and ggml type."""
 
     name: str
     shape: tuple[int, ...]
     type_id: int
-    offset: int
 
     @property
     def nbytes(self) -> int:
@@ -115,6 +114,13 @@ class TensorInfo:
     @property
     def type_name(self) -> str:
         return GGML_TYPES[self.type_id][0]
+
+
+@dataclass(frozen=True)
+class TensorInfo(TensorSpec):
+    """One row of a file's tensor table; ``offset`` is relative to the data section."""
+
+    offset: int = 0
 
 
 MetaValue = int | float | bool | str | ArrayRef
@@ -313,23 +319,6 @@ def pack_array(key: str, values: Iterable[int | float], item_type: int) -> bytes
     fmt = _SCALAR_FORMATS[item_type]
     body = b"".join(struct.pack(fmt, v) for v in items)
     return _pack_string(key) + struct.pack("<IIQ", ARRAY, item_type, len(items)) + body
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor to write: name, ggml shape (ne0 first) and ggml type."""
-
-    name: str
-    shape: tuple[int, ...]
-    type_id: int
-
-    @property
-    def nbytes(self) -> int:
-        return tensor_nbytes(self.type_id, self.shape)
-
-    @property
-    def type_name(self) -> str:
-        return GGML_TYPES[self.type_id][0]
 
 
 def write_header(
