@@ -19,6 +19,10 @@ from launcher.errors import LauncherError
 
 if TYPE_CHECKING:
     from launcher.gpu.inventory import Inventory
+    from launcher.model.spec import ModelSpec
+    from launcher.plan.advisor import Plan
+    from launcher.plan.layouts import ServerTarget
+    from launcher.plan.workload import Workload
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -235,6 +239,189 @@ def cmd_hardware_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plan ---------------------------------------------------------------------------------
+
+
+def _server_target(args: argparse.Namespace, inventory: Inventory) -> tuple[ServerTarget, str]:
+    """The llama-server the plan is for: the local build, else the pinned version's abilities."""
+    from launcher.plan.layouts import ServerTarget
+    from launcher.run.server_binary import find_server, probe
+
+    try:
+        server = find_server(args.llama_server)
+        caps = probe(server)
+        modes = tuple(m for m in caps.split_modes if m != "row")  # -sm row fails (DESIGN.md)
+        return ServerTarget(str(server.path), modes, caps.supports_fit), f"{server.path}"
+    except LauncherError:
+        if inventory.source == "nvml":
+            return ServerTarget(), "llama-server (none found; assuming the pinned llama.cpp)"
+        return ServerTarget(), "llama-server (pinned llama.cpp abilities)"
+
+
+def _workload(args: argparse.Namespace, inventory: Inventory, spec: ModelSpec) -> Workload:
+    from launcher.plan.workload import DEFAULT_USERS_PER_WORKER, Workload, parse_card_list
+
+    ctx = args.ctx or min(4096, spec.training_context)
+    cards = max(1, len([c for c in inventory.local.cards if c.usable]))
+    users = args.users or DEFAULT_USERS_PER_WORKER * cards
+    return Workload(
+        users=users,
+        ctx=ctx,
+        kv_type=args.kv_type,
+        goal=args.goal,
+        cards=parse_card_list(args.cards),
+        exclude_cards=parse_card_list(args.exclude_cards),
+    )
+
+
+def _plan_json(result: Plan, inventory: Inventory) -> dict[str, object]:
+    spec = result.spec
+    w = result.workload
+    return {
+        "model": {
+            "path": str(spec.path),
+            "arch": spec.arch,
+            "name": spec.name,
+            "quantization": spec.quantization,
+            "parameters": spec.parameters,
+            "n_layer": spec.n_layer,
+            "weights_bytes": spec.weights_bytes,
+            "training_context": spec.training_context,
+            "parts": len(spec.parts),
+            "notes": list(spec.notes),
+        },
+        "workload": {"users": w.users, "ctx": w.ctx, "kv_type": w.kv_type, "goal": w.goal},
+        "host": result.host_name,
+        "hardware": inventory.source,
+        "layouts": [
+            {
+                "kind": r.layout.kind,
+                "rank": r.rank,
+                "feasible": r.layout.feasible,
+                "reason": r.reason,
+                "tensor_split": list(r.layout.tensor_split),
+                "processes": [p.to_json() for p in r.layout.processes],
+                "cards": [
+                    {
+                        "index": c.card,
+                        "uuid": c.uuid,
+                        "weights_bytes": c.weights_bytes,
+                        "kv_bytes": c.kv_bytes,
+                        "compute_bytes": c.compute_bytes,
+                        "total_bytes": c.total_bytes,
+                        "free_after_bytes": c.free_after_bytes,
+                    }
+                    for c in r.layout.cards
+                ],
+                "host_bytes": r.layout.host_bytes,
+                "predicted": r.layout.throughput.to_json(),
+            }
+            for r in result.layouts
+        ],
+        "advice": list(result.advice),
+    }
+
+
+def print_plan(result: Plan, inventory: Inventory, server_note: str) -> None:
+    spec = result.spec
+    w = result.workload
+    print(
+        f"Model: {spec.name} ({spec.arch}, {spec.quantization}, {spec.parameters / 1e9:.1f}B "
+        f"parameters, {spec.weights_bytes / 2**30:.2f} GiB, {spec.n_layer} layers"
+        f"{f', {len(spec.parts)} parts' if len(spec.parts) > 1 else ''})"
+    )
+    for note in spec.notes:
+        print(f"Note: {note}.")
+    print(f"Hardware: {inventory.source} ({result.host_name}); server: {server_note}")
+    print(f"Workload: {w.users} user(s) x {w.ctx} tokens, KV {w.kv_type}, goal {w.goal}\n")
+    for r in result.layouts:
+        lay = r.layout
+        t = lay.throughput
+        state = "" if lay.feasible else "  [does not fit]"
+        print(
+            f"{r.rank}. {lay.kind}{state}  single {t.single_user_tok_s:.1f} tok/s, "
+            f"aggregate {t.aggregate_tok_s:.0f} tok/s, prompt {t.prompt_tok_s:.0f} tok/s"
+        )
+        print(f"   {r.reason}")
+        if lay.cards:
+            print(
+                f"   {'card':>6} {'weights':>9} {'KV':>8} {'compute':>8} {'total':>8} "
+                f"{'free after':>11}  GiB"
+            )
+            for c in lay.cards:
+                print(
+                    f"   {c.card:>6} {c.weights_bytes / 2**30:>9.2f} {c.kv_bytes / 2**30:>8.2f} "
+                    f"{c.compute_bytes / 2**30:>8.2f} {c.total_bytes / 2**30:>8.2f} "
+                    f"{c.free_after_bytes / 2**30:>11.2f}"
+                )
+        print(f"   host RAM: {lay.host_bytes / 2**30:.2f} GiB")
+        for p in lay.processes:
+            env = " ".join(f"{k}={v}" for k, v in p.env.items())
+            print(f"   $ {env} {' '.join(p.argv)}")
+        print()
+    for line in result.advice:
+        print(line)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from launcher.model.spec import read_mmproj_bytes, read_model_spec
+    from launcher.plan.advisor import plan
+
+    spec = read_model_spec(Path(args.model))
+    inventory = _inventory(args)
+    server, note = _server_target(args, inventory)
+    workload = _workload(args, inventory, spec)
+    mmproj = read_mmproj_bytes(Path(args.mmproj)) if args.mmproj else 0
+    result = plan(
+        spec, inventory, workload, server, args.layout, mmproj_bytes=mmproj, mmproj_path=args.mmproj
+    )
+    if args.json:
+        print(json.dumps(_plan_json(result, inventory), indent=2))
+    else:
+        print_plan(result, inventory, note)
+    if args.verify:
+        return _verify(result, args)
+    return 0 if result.best is not None else 3
+
+
+def _verify(result: Plan, args: argparse.Namespace) -> int:
+    from launcher.run.server_binary import find_server
+    from launcher.run.verify import run_fit_params
+
+    best = result.best
+    if best is None:
+        raise LauncherError("Nothing fits, so there is nothing to verify.")
+    if args.hardware:
+        raise LauncherError("--verify checks this box; drop --hardware to use it.")
+    server = find_server(args.llama_server)
+    fit = server.sibling("llama-fit-params")
+    if fit is None:
+        raise LauncherError(
+            f"No llama-fit-params beside {server.path}; run 'llama-launcher "
+            "install-server --force' to build it."
+        )
+    print(f"\nllama-fit-params for {best.layout.kind} (MiB, planner vs llama.cpp):")
+    for p in best.layout.processes:
+        estimates = run_fit_params(fit, p.argv, p.env)
+        cards = [c for c in best.layout.cards if c.card in p.cards]
+        for est, card in zip([e for e in estimates if e.device != "Host"], cards, strict=False):
+            ours = (card.weights_bytes >> 20, card.kv_bytes >> 20, card.compute_bytes >> 20)
+            print(
+                f"  card {card.card} ({est.device}): weights {ours[0]} vs {est.model_mib} "
+                f"({ours[0] - est.model_mib:+d}), KV {ours[1]} vs {est.context_mib} "
+                f"({ours[1] - est.context_mib:+d}), compute+CUDA {ours[2]} vs "
+                f"{est.compute_mib} ({ours[2] - est.compute_mib:+d})"
+            )
+        for est in estimates:
+            if est.device == "Host":
+                print(
+                    f"  host: weights {est.model_mib}, KV {est.context_mib}, compute "
+                    f"{est.compute_mib} (llama.cpp); planner host RAM "
+                    f"{best.layout.host_bytes >> 20}"
+                )
+    return 0
+
+
 # --- the main job (until the TUI exists) ---------------------------------------------------
 
 
@@ -318,6 +505,33 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer from (default: from the installed llama.cpp)",
     )
     p.set_defaults(handler=cmd_make_model)
+
+    p = sub.add_parser("plan", help="rank the layouts for a model on this box or a profile")
+    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("--hardware", metavar="NAME|PATH", help="plan for a hardware profile")
+    p.add_argument(
+        "--users", type=int, help="concurrent users = slots in total (default: 4 per card)"
+    )
+    p.add_argument("--ctx", type=int, help="context per user (default 4096 or the model's)")
+    p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16")
+    p.add_argument("--goal", choices=("throughput", "latency", "context"), default="throughput")
+    p.add_argument(
+        "--layout",
+        default="auto",
+        metavar="KIND",
+        help="auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload or cpu:N",
+    )
+    cards = p.add_mutually_exclusive_group()
+    cards.add_argument("--cards", metavar="LIST", help="cards to use: indices or UUIDs")
+    cards.add_argument("--exclude-cards", metavar="LIST", help="cards to leave out")
+    p.add_argument(
+        "--mmproj", metavar="FILE", help="a vision projector, on each worker's first card"
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="compare with llama-fit-params on this box"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("gpus", help="list this box's GPUs, links and findings (or a profile's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

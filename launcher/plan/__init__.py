@@ -1,0 +1,1 @@
+"""Pure planning: Inventory + ModelSpec + Workload -> ranked layouts with memory and speed."""

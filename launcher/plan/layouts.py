@@ -1,0 +1,588 @@
+"""The layouts a box can run a model in, each with its processes, memory and speed.
+
+Kinds (DESIGN.md): ``per-card`` (one worker per card that fits), ``pooled-layer`` and
+``pooled-tensor`` (one worker over all cards, ``-sm layer`` / ``-sm tensor``), ``groups:K``
+(pooled-layer groups of K cards, one worker each), ``partial-offload`` (some layers on the
+host) and ``cpu:N`` (N CPU workers). Each process carries the exact argv and environment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from launcher.errors import LauncherError
+from launcher.gpu.card import GpuCard
+from launcher.gpu.inventory import Host
+from launcher.model.spec import ModelSpec
+from launcher.plan import memory as mem
+from launcher.plan import perf
+from launcher.plan.memory import CardMemory
+from launcher.plan.perf import Stage, Throughput
+from launcher.plan.workload import Workload
+
+# Free memory a card must keep after loading, for fragmentation and the driver's own needs.
+MIN_HEADROOM_BYTES = 256 << 20
+DEFAULT_ROUTER_PORT = 8080
+# Split modes of the pinned llama.cpp (0c1e57098, llama-cpp-python 0.3.36), for planning
+# without a local build. "row" is listed by the binary but fails to load (DESIGN.md).
+PINNED_SPLIT_MODES = ("none", "layer", "tensor")
+
+
+@dataclass(frozen=True)
+class ServerTarget:
+    """What will run the workers: the llama-server path and its split modes."""
+
+    path: str = "llama-server"
+    split_modes: tuple[str, ...] = PINNED_SPLIT_MODES
+    supports_fit: bool = True
+
+
+@dataclass(frozen=True)
+class Process:
+    """One llama-server of a layout."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cards: tuple[int, ...]
+    port: int
+    slots: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "cards": list(self.cards),
+            "port": self.port,
+            "slots": self.slots,
+        }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A way to run the model here; ``problem`` says why not when it does not fit."""
+
+    kind: str
+    processes: tuple[Process, ...]
+    cards: tuple[CardMemory, ...]
+    host_bytes: int
+    throughput: Throughput
+    problem: str | None = None
+    tensor_split: tuple[int, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def feasible(self) -> bool:
+        return self.problem is None
+
+    @property
+    def workers(self) -> int:
+        return len(self.processes)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    spec: ModelSpec
+    host: Host
+    cards: tuple[GpuCard, ...]
+    workload: Workload
+    server: ServerTarget
+    router_port: int
+    mmproj_bytes: int
+    model_arg: str
+    mmproj_arg: str | None
+
+
+def select_cards(host: Host, workload: Workload) -> tuple[GpuCard, ...]:
+    """The usable cards that ``--cards`` / ``--exclude-cards`` leave; unknown entries raise."""
+    usable = [c for c in host.cards if c.usable]
+
+    def matches(card: GpuCard, entry: str) -> bool:
+        return entry == str(card.index) or (card.uuid is not None and entry == card.uuid)
+
+    for entry in (*workload.cards, *workload.exclude_cards):
+        if not any(matches(c, entry) for c in host.cards):
+            known = ", ".join(str(c.index) for c in host.cards) or "none"
+            raise LauncherError(
+                f"Card '{entry}' is not in this box (cards: {known}); give card "
+                "indices or UUIDs from 'llama-launcher gpus'."
+            )
+    if workload.cards:
+        chosen = [c for c in usable if any(matches(c, e) for e in workload.cards)]
+    else:
+        chosen = [c for c in usable if not any(matches(c, e) for e in workload.exclude_cards)]
+    return tuple(chosen)
+
+
+def _free(card: GpuCard) -> int:
+    if card.memory_free_bytes is not None:
+        return card.memory_free_bytes
+    return card.memory_total_bytes - (card.memory_used_bytes or 0)
+
+
+def _env(cards: Sequence[GpuCard]) -> dict[str, str]:
+    ids = [c.uuid if c.uuid else str(c.index) for c in cards]
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(ids)}
+
+
+def _argv(ctx: _Ctx, port: int, slots: int, extra: Sequence[str]) -> tuple[str, ...]:
+    w = ctx.workload
+    argv = [
+        ctx.server.path,
+        "-m",
+        ctx.model_arg,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-c",
+        str(slots * w.ctx),
+        "-np",
+        str(slots),
+        "-fa",
+        "on",
+        "--metrics",
+        "-ctk",
+        w.kv_type,
+        "-ctv",
+        w.kv_type,
+        *extra,
+    ]
+    if ctx.mmproj_arg:
+        argv += ["--mmproj", ctx.mmproj_arg]
+    return tuple(argv)
+
+
+def _gpu_flags(ctx: _Ctx, mode: str, ngl: int, split: Sequence[int] = ()) -> list[str]:
+    flags = ["-ngl", str(ngl), "-sm", mode]
+    if split:
+        flags += ["-ts", ",".join(str(s) for s in split)]
+    if ctx.server.supports_fit:
+        flags += ["--fit", "off"]  # what runs is what was planned
+    return flags
+
+
+def _stages(ctx: _Ctx, cards: Sequence[GpuCard], memory: Sequence[CardMemory]) -> list[Stage]:
+    spec = ctx.spec
+    gpu_weights = sum(m.weights_bytes for m in memory) or 1
+    active_fraction = spec.active_bytes_per_token() / max(
+        spec.weights_bytes - spec.token_embd_bytes, 1
+    )
+    nvlinked = {c.index for c in cards if c.nvlink_active_links}
+    nvlinked |= {i for p in ctx.host.links if p.nvlink_links for i in (p.a, p.b)}
+    stages = []
+    for card, m in zip(cards, memory, strict=True):
+        share = m.weights_bytes / gpu_weights
+        stages.append(
+            Stage(
+                bandwidth_bytes_s=card.memory_bandwidth_bytes_s or 300e9,
+                weight_bytes=int(m.weights_bytes * min(active_fraction, 1.0)),
+                active_params=spec.parameters * share * min(active_fraction, 1.0),
+                layers=len([il for il in m.layers if il < spec.n_layer]),
+                link_bytes_s=card.pcie.max_bytes_s,
+                nvlink=card.index in nvlinked,
+            )
+        )
+    return stages
+
+
+def _kv_read(ctx: _Ctx) -> float:
+    """KV bytes one user's decode step reads, at a typical context."""
+    used = min(ctx.workload.ctx, ctx.workload.prompt_tokens + 64)
+    return mem.kv_bytes_per_token(ctx.spec, ctx.workload.kv_type) * used
+
+
+def _layer_step(ctx: _Ctx, stages: list[Stage]) -> Callable[[int], float]:
+    """Step time of a layer-split worker as a function of its batch."""
+    kv_read = _kv_read(ctx)
+
+    def step(batch: int) -> float:
+        return perf.layer_split_step(stages, batch, ctx.spec.n_embd, kv_read)
+
+    return step
+
+
+def _rates(step: Callable[[int], float], batches: Sequence[int]) -> tuple[float, float]:
+    """(single-user tok/s, aggregate tok/s) for workers serving ``batches`` users each."""
+    single = 1.0 / step(1)
+    aggregate = sum(b / step(b) for b in batches if b > 0)
+    return single, aggregate
+
+
+def _split_users(users: int, workers: int) -> list[int]:
+    base, extra = divmod(users, workers)
+    return [base + (1 if i < extra else 0) for i in range(workers)]
+
+
+def _fit_problem(memory: Sequence[CardMemory]) -> str | None:
+    short = [m for m in memory if m.free_after_bytes < MIN_HEADROOM_BYTES]
+    if not short:
+        return None
+    worst = min(short, key=lambda m: m.free_after_bytes)
+    need = (MIN_HEADROOM_BYTES - worst.free_after_bytes) / 2**30
+    return (
+        f"card {worst.card} would need {need:.1f} GiB more "
+        f"({worst.total_bytes / 2**30:.1f} GiB of {worst.free_bytes / 2**30:.1f} GiB free)"
+    )
+
+
+# --- kinds --------------------------------------------------------------------------------
+
+
+def per_card(ctx: _Ctx) -> Layout:
+    """One worker per card that holds the whole model; the users split between them."""
+    w = ctx.workload
+    fitting: list[tuple[GpuCard, CardMemory]] = []
+    skipped = []
+    slots_guess = max(1, math.ceil(w.users / max(len(ctx.cards), 1)))
+    for card in ctx.cards:
+        (m,), _ = mem.layer_split_memory(
+            ctx.spec,
+            [(card.index, card.uuid, _free(card))],
+            [1.0],
+            w.ctx,
+            slots_guess,
+            w.kv_type,
+            w.n_ubatch,
+            extra_first_card=ctx.mmproj_bytes,
+        )
+        if m.free_after_bytes >= MIN_HEADROOM_BYTES:
+            fitting.append((card, m))
+        else:
+            skipped.append(f"{card.name} (card {card.index}) is skipped: {_fit_problem([m])}")
+    if not fitting:
+        best = max(ctx.cards, key=_free)
+        (m,), host = mem.layer_split_memory(
+            ctx.spec,
+            [(best.index, best.uuid, _free(best))],
+            [1.0],
+            w.ctx,
+            slots_guess,
+            w.kv_type,
+            w.n_ubatch,
+        )
+        return Layout(
+            "per-card",
+            (),
+            (m,),
+            host,
+            Throughput(0, 0, 0),
+            problem="the model fits on no single card: " + (_fit_problem([m]) or ""),
+        )
+    users = _split_users(w.users, len(fitting))
+    processes = []
+    memories = []
+    steps = []
+    for i, ((card, _), slots) in enumerate(zip(fitting, users, strict=True)):
+        slots = max(slots, 1)
+        (m,), host = mem.layer_split_memory(
+            ctx.spec,
+            [(card.index, card.uuid, _free(card))],
+            [1.0],
+            w.ctx,
+            slots,
+            w.kv_type,
+            w.n_ubatch,
+            extra_first_card=ctx.mmproj_bytes,
+        )
+        memories.append(m)
+        port = ctx.router_port + 1 + i
+        argv = _argv(ctx, port, slots, _gpu_flags(ctx, "none", 999))
+        processes.append(Process(argv, _env([card]), (card.index,), port, slots))
+        steps.append(_layer_step(ctx, _stages(ctx, [card], [m])))
+    single = 1.0 / steps[0](1)
+    aggregate = sum(u / step(u) for u, step in zip(users, steps, strict=True) if u > 0)
+    stage0 = _stages(ctx, [fitting[0][0]], [memories[0]])
+    pp = perf.prompt_tok_s(stage0, ctx.spec.n_embd, ctx.spec.n_layer, False, w.n_ubatch)
+    return Layout(
+        "per-card",
+        tuple(processes),
+        tuple(memories),
+        host,
+        Throughput(single, aggregate, pp),
+        notes=tuple(skipped),
+    )
+
+
+def pooled_layer(
+    ctx: _Ctx,
+    cards: Sequence[GpuCard] | None = None,
+    port_offset: int = 0,
+    users: int | None = None,
+    kind: str = "pooled-layer",
+) -> Layout:
+    """One ``-sm layer`` worker over ``cards`` with a split that balances headroom."""
+    w = ctx.workload
+    cards = tuple(cards if cards is not None else ctx.cards)
+    slots = max(users if users is not None else w.users, 1)
+    free = [_free(c) for c in cards]
+    split = mem.balanced_shares(ctx.spec, free, w.ctx, slots, w.kv_type, w.n_ubatch)
+    memory, host = mem.layer_split_memory(
+        ctx.spec,
+        [(c.index, c.uuid, f) for c, f in zip(cards, free, strict=True)],
+        split,
+        w.ctx,
+        slots,
+        w.kv_type,
+        w.n_ubatch,
+        extra_first_card=ctx.mmproj_bytes,
+    )
+    port = ctx.router_port + 1 + port_offset
+    argv = _argv(ctx, port, slots, _gpu_flags(ctx, "layer", 999, split))
+    stages = _stages(ctx, cards, memory)
+    single, aggregate = _rates(
+        lambda b: perf.layer_split_step(stages, b, ctx.spec.n_embd, _kv_read(ctx)), [slots]
+    )
+    pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, ctx.spec.n_layer, False, w.n_ubatch)
+    return Layout(
+        kind,
+        (Process(argv, _env(cards), tuple(c.index for c in cards), port, slots),),
+        tuple(memory),
+        host,
+        Throughput(single, aggregate, pp),
+        problem=_fit_problem(memory),
+        tensor_split=tuple(split),
+    )
+
+
+def pooled_tensor(ctx: _Ctx) -> Layout:
+    """One ``-sm tensor`` worker over all cards, shares proportional to free memory."""
+    w = ctx.workload
+    cards = ctx.cards
+    free = [_free(c) for c in cards]
+    fixed = mem.compute_buffer_bytes(ctx.spec, w.n_ubatch)
+    shares = [max(f - fixed, 1) for f in free]
+    scale = min(shares)
+    split = [max(1, round(s / scale * 10)) for s in shares]
+    memory, host = mem.tensor_split_memory(
+        ctx.spec,
+        [(c.index, c.uuid, f) for c, f in zip(cards, free, strict=True)],
+        split,
+        w.ctx,
+        w.users,
+        w.kv_type,
+        w.n_ubatch,
+    )
+    port = ctx.router_port + 1
+    argv = _argv(ctx, port, w.users, _gpu_flags(ctx, "tensor", 999, split))
+    stages = _stages(ctx, cards, memory)
+    n_layer = ctx.spec.n_layer
+    single, aggregate = _rates(
+        lambda b: perf.tensor_split_step(stages, b, ctx.spec.n_embd, n_layer, _kv_read(ctx)),
+        [w.users],
+    )
+    pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, n_layer, True, w.n_ubatch)
+    return Layout(
+        "pooled-tensor",
+        (Process(argv, _env(cards), tuple(c.index for c in cards), port, w.users),),
+        tuple(memory),
+        host,
+        Throughput(single, aggregate, pp),
+        problem=_fit_problem(memory),
+        tensor_split=tuple(split),
+    )
+
+
+def groups(ctx: _Ctx, k: int) -> Layout:
+    """Pooled-layer groups of ``k`` cards (in PCI order), one worker per group."""
+    n = len(ctx.cards) // k
+    users = _split_users(ctx.workload.users, n)
+    parts = [
+        pooled_layer(ctx, ctx.cards[i * k : (i + 1) * k], i, max(users[i], 1)) for i in range(n)
+    ]
+    problem = next((p.problem for p in parts if p.problem), None)
+    single = parts[0].throughput.single_user_tok_s
+    aggregate = sum(p.throughput.aggregate_tok_s for p in parts)
+    return Layout(
+        f"groups:{k}",
+        tuple(p.processes[0] for p in parts),
+        tuple(m for p in parts for m in p.cards),
+        parts[0].host_bytes,
+        Throughput(single, aggregate, parts[0].throughput.prompt_tok_s),
+        problem=problem,
+        tensor_split=parts[0].tensor_split,
+    )
+
+
+def partial_offload(ctx: _Ctx) -> Layout:
+    """As many layers on the cards as fit (layer split), the rest on the host CPU."""
+    w = ctx.workload
+    cards = ctx.cards
+    free = [_free(c) for c in cards]
+    best: Layout | None = None
+    for ngl in range(ctx.spec.n_layer, 0, -1):
+        shares = [max(f, 1) for f in free]
+        memory, host = mem.layer_split_memory(
+            ctx.spec,
+            [(c.index, c.uuid, f) for c, f in zip(cards, free, strict=True)],
+            shares,
+            w.ctx,
+            w.users,
+            w.kv_type,
+            w.n_ubatch,
+            n_gpu_layers=ngl,
+        )
+        if _fit_problem(memory) is None:
+            port = ctx.router_port + 1
+            split = [len(m.layers) for m in memory]
+            argv = _argv(ctx, port, w.users, _gpu_flags(ctx, "layer", ngl, split))
+            on_gpu = sum(m.weights_bytes for m in memory)
+            cpu_bytes = host - ctx.spec.token_embd_bytes
+            # the host part streams from RAM at roughly 40 GB/s on a desktop
+            host_step = cpu_bytes / 40e9
+            stages = _stages(ctx, cards, memory)
+
+            def step(b: int, stages: list[Stage] = stages, hs: float = host_step) -> float:
+                return perf.layer_split_step(stages, b, ctx.spec.n_embd) + hs * (1 + 0.1 * b)
+
+            single, aggregate = _rates(step, [w.users])
+            best = Layout(
+                "partial-offload",
+                (Process(argv, _env(cards), tuple(c.index for c in cards), port, w.users),),
+                tuple(memory),
+                host,
+                Throughput(single, aggregate, 0.0),
+                tensor_split=tuple(split),
+                notes=(
+                    f"{ngl} of {ctx.spec.n_layer + 1} layers on the cards "
+                    f"({on_gpu / 2**30:.1f} GiB), the rest in host RAM",
+                ),
+            )
+            break
+    if best is None:
+        return Layout(
+            "partial-offload",
+            (),
+            (),
+            ctx.spec.weights_bytes,
+            Throughput(0, 0, 0),
+            problem="not even one layer fits on the cards",
+        )
+    if best.host_bytes > ctx.host.info.ram_available_bytes > 0:
+        return Layout(
+            best.kind,
+            best.processes,
+            best.cards,
+            best.host_bytes,
+            best.throughput,
+            problem=f"the host part needs {best.host_bytes / 2**30:.1f} GiB of RAM, "
+            f"{ctx.host.info.ram_available_bytes / 2**30:.1f} GiB is available",
+            tensor_split=best.tensor_split,
+            notes=best.notes,
+        )
+    return best
+
+
+def cpu_workers(ctx: _Ctx, n: int) -> Layout:
+    """``n`` llama-servers on the CPU, sharing the host's cores."""
+    w = ctx.workload
+    users = _split_users(w.users, n)
+    threads = max(1, ctx.host.info.cpu_cores // n)
+    processes = []
+    shared, private = mem.cpu_worker_bytes(ctx.spec, w.ctx, max(users[0], 1), w.kv_type, w.n_ubatch)
+    for i in range(n):
+        slots = max(users[i], 1)
+        port = ctx.router_port + 1 + i
+        argv = _argv(ctx, port, slots, ["-ngl", "0", "-t", str(threads)])
+        processes.append(Process(argv, {"CUDA_VISIBLE_DEVICES": ""}, (), port, slots))
+    host = shared + n * private
+    # a CPU streams weights from RAM: ~20 GB/s per worker's share of the cores, roughly
+    bw = 20e9 * threads / max(ctx.host.info.cpu_cores, 1) * min(ctx.host.info.cpu_cores, 8) / 2
+    stage = [
+        Stage(
+            bw,
+            ctx.spec.active_bytes_per_token(),
+            float(ctx.spec.parameters),
+            ctx.spec.n_layer,
+            None,
+        )
+    ]
+
+    def step(b: int) -> float:
+        return perf.layer_split_step(stage, b, ctx.spec.n_embd)
+
+    single = 1.0 / step(1)
+    aggregate = sum(u / step(u) for u in users if u > 0)
+    problem = None
+    avail = ctx.host.info.ram_available_bytes
+    if avail and host > avail:
+        problem = f"needs {host / 2**30:.1f} GiB of RAM, {avail / 2**30:.1f} GiB is available"
+    return Layout(
+        f"cpu:{n}",
+        tuple(processes),
+        (),
+        host,
+        Throughput(single, aggregate, 0.0),
+        problem=problem,
+        notes=(f"{threads} threads per worker",),
+    )
+
+
+def build_layouts(
+    spec: ModelSpec,
+    host: Host,
+    workload: Workload,
+    server: ServerTarget,
+    kind: str = "auto",
+    router_port: int = DEFAULT_ROUTER_PORT,
+    mmproj_bytes: int = 0,
+    mmproj_path: str | None = None,
+) -> list[Layout]:
+    """Every layout of ``kind`` (``auto``: all that apply) for ``spec`` on ``host``."""
+    cards = select_cards(host, workload)
+    ctx = _Ctx(
+        spec, host, cards, workload, server, router_port, mmproj_bytes, str(spec.path), mmproj_path
+    )
+    if kind.startswith("cpu:") or (kind == "auto" and not cards):
+        n_text = kind.split(":", 1)[1] if kind.startswith("cpu:") else "1"
+        if not n_text.isdigit() or int(n_text) < 1:
+            raise LauncherError(
+                f"'{kind}' is not a layout; cpu:N needs a number of workers, e.g. cpu:2."
+            )
+        return [cpu_workers(ctx, int(n_text))]
+    if not cards:
+        raise LauncherError(
+            f"Layout {kind} needs NVIDIA cards and none is usable here; use "
+            "--layout cpu:N or plan with --hardware PROFILE."
+        )
+    out: list[Layout] = []
+    multi = len(cards) > 1
+    wanted = (
+        {kind}
+        if kind != "auto"
+        else {"per-card", "pooled-layer", "pooled-tensor", "groups", "partial-offload"}
+    )
+    if "per-card" in wanted:
+        out.append(per_card(ctx))
+    if "pooled-layer" in wanted and multi:
+        out.append(pooled_layer(ctx))
+    if "pooled-tensor" in wanted and multi:
+        if "tensor" in server.split_modes:
+            out.append(pooled_tensor(ctx))
+        elif kind == "pooled-tensor":
+            raise LauncherError(
+                "This llama-server has no -sm tensor; rebuild it with "
+                "'llama-launcher install-server --force' or pick another "
+                "layout."
+            )
+    if kind.startswith("groups:"):
+        k_text = kind.split(":", 1)[1]
+        if not k_text.isdigit() or not 1 < int(k_text) < len(cards) or len(cards) % int(k_text):
+            raise LauncherError(
+                f"'{kind}' does not divide the {len(cards)} cards into equal "
+                "groups of two or more; choose K that divides the card count."
+            )
+        out.append(groups(ctx, int(k_text)))
+    elif "groups" in wanted:
+        for k in range(2, len(cards)):
+            if len(cards) % k == 0:
+                out.append(groups(ctx, k))
+    if kind == "partial-offload" or (kind == "auto" and not any(layout.feasible for layout in out)):
+        out.append(partial_offload(ctx))
+    if not out:
+        raise LauncherError(
+            f"Unknown layout '{kind}'; choose auto, per-card, pooled-layer, "
+            "pooled-tensor, groups:K, partial-offload or cpu:N."
+        )
+    return out

@@ -1,0 +1,234 @@
+"""Per-card memory of a layout, following llama.cpp's own placement rules.
+
+- Layers: ``-ngl N`` offloads the last N of ``n_layer + 1`` layers (the output head is layer
+  ``n_layer``); ``-ts`` shares are of layers: layer ``il`` goes to the first card whose
+  cumulative share exceeds ``il / n_offloaded``. The token embedding stays in host RAM; a tied
+  output head is a copy of it on the card that holds the output layer.
+- KV cache per layer on that layer's card: ``-c`` cells in total (``-np`` streams of ``c/np``),
+  padded to 256; sliding-window layers keep ``min(ctx, pad256(n_swa + n_ubatch))`` cells per
+  stream. Rows are f16 (2 bytes), q8_0 (34/32) or q4_0 (18/32) per element.
+- Per card: a CUDA context and library workspace, and a compute buffer that grows with the
+  embedding width. Both constants were fitted to nvidia-smi after loading seven synthetic
+  models on an H100 (docs/planner.md): within 45 MiB of every one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from launcher.model.spec import ModelSpec
+
+MIB = 1 << 20
+CUDA_CONTEXT_BYTES = 520 * MIB  # CUDA context, cuBLAS workspace, driver allocations per card
+COMPUTE_BASE_BYTES = 100 * MIB
+COMPUTE_PER_EMBD_UBATCH = 12.8 * 4  # bytes of compute buffer per n_embd x n_ubatch element
+KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+CELL_PAD = 256
+
+
+@dataclass(frozen=True)
+class CardMemory:
+    """What one card holds after loading (bytes)."""
+
+    card: int  # index of the card on its host
+    uuid: str | None
+    layers: tuple[int, ...]  # layer indices (n_layer = the output layer)
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int  # compute buffer plus the per-card CUDA overhead
+    free_bytes: int  # free before loading
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+    @property
+    def free_after_bytes(self) -> int:
+        return self.free_bytes - self.total_bytes
+
+
+def _pad(n: int, to: int = CELL_PAD) -> int:
+    return (n + to - 1) // to * to
+
+
+def kv_cells(spec: ModelSpec, layer: int, ctx: int, slots: int, n_ubatch: int) -> int:
+    """KV cells ``layer`` keeps for ``slots`` streams of ``ctx`` tokens."""
+    if spec.is_swa(layer) and spec.swa_window:
+        return slots * min(_pad(ctx), _pad(spec.swa_window + n_ubatch))
+    return _pad(ctx * slots)
+
+
+def kv_layer_bytes(
+    spec: ModelSpec, layer: int, ctx: int, slots: int, kv_type: str, n_ubatch: int = 512
+) -> int:
+    """Bytes of K and V cache of one layer."""
+    k, v = spec.kv_width(layer)
+    per_cell = (k + v) * KV_BYTES_PER_ELEMENT[kv_type]
+    return int(kv_cells(spec, layer, ctx, slots, n_ubatch) * per_cell)
+
+
+def kv_bytes_per_token(spec: ModelSpec, kv_type: str) -> float:
+    """KV bytes one token of context adds over all full-attention layers (read per decode)."""
+    total = 0.0
+    for layer in range(spec.n_layer):
+        k, v = spec.kv_width(layer)
+        total += (k + v) * KV_BYTES_PER_ELEMENT[kv_type]
+    return total
+
+
+def compute_buffer_bytes(spec: ModelSpec, n_ubatch: int = 512, gpu: bool = True) -> int:
+    """Compute buffer of one device, plus the CUDA context when ``gpu``."""
+    buffer = COMPUTE_BASE_BYTES + int(COMPUTE_PER_EMBD_UBATCH * spec.n_embd * n_ubatch)
+    return buffer + (CUDA_CONTEXT_BYTES if gpu else 0)
+
+
+def layer_weight_bytes(spec: ModelSpec, layer: int) -> int:
+    """Weights of layer ``layer``; ``n_layer`` is the output head (and final norm)."""
+    if layer == spec.n_layer:
+        return spec.output_bytes + spec.other_bytes
+    return spec.layer_bytes[layer]
+
+
+def assign_layers(n_layer: int, shares: Sequence[float], n_gpu_layers: int) -> list[list[int]]:
+    """Which of the ``n_layer + 1`` layers each card gets, as llama.cpp assigns them."""
+    total_layers = n_layer + 1
+    offloaded = min(n_gpu_layers, total_layers)
+    start = total_layers - offloaded
+    total = sum(shares)
+    cumulative = []
+    acc = 0.0
+    for share in shares:
+        acc += share / total
+        cumulative.append(acc)
+    out: list[list[int]] = [[] for _ in shares]
+    for il in range(start, total_layers):
+        pos = (il - start) / offloaded
+        device = next((i for i, c in enumerate(cumulative) if pos < c - 1e-12), len(shares) - 1)
+        out[device].append(il)
+    return out
+
+
+def layer_split_memory(
+    spec: ModelSpec,
+    cards: Sequence[tuple[int, str | None, int]],  # (index, uuid, free bytes)
+    shares: Sequence[float],
+    ctx: int,
+    slots: int,
+    kv_type: str,
+    n_ubatch: int = 512,
+    n_gpu_layers: int | None = None,
+    extra_first_card: int = 0,
+) -> tuple[list[CardMemory], int]:
+    """Per-card memory of a ``-sm layer`` (or single-card) worker, and its host bytes.
+
+    ``extra_first_card`` adds bytes to the first card (a vision projector).
+    """
+    ngl = spec.n_layer + 1 if n_gpu_layers is None else n_gpu_layers
+    placed = assign_layers(spec.n_layer, shares, ngl)
+    out = []
+    for i, ((index, uuid, free), layers) in enumerate(zip(cards, placed, strict=True)):
+        weights = sum(layer_weight_bytes(spec, il) for il in layers)
+        kv = sum(
+            kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch)
+            for il in layers
+            if il < spec.n_layer
+        )
+        if i == 0:
+            weights += extra_first_card
+        out.append(
+            CardMemory(
+                index, uuid, tuple(layers), weights, kv, compute_buffer_bytes(spec, n_ubatch), free
+            )
+        )
+    on_gpu = {il for layers in placed for il in layers}
+    host = spec.token_embd_bytes
+    for il in range(spec.n_layer + 1):
+        if il not in on_gpu:
+            host += layer_weight_bytes(spec, il)
+            if il < spec.n_layer:
+                host += kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch)
+    if len(on_gpu) < spec.n_layer + 1:
+        host += compute_buffer_bytes(spec, n_ubatch, gpu=False)
+    return out, host
+
+
+def tensor_split_memory(
+    spec: ModelSpec,
+    cards: Sequence[tuple[int, str | None, int]],
+    shares: Sequence[float],
+    ctx: int,
+    slots: int,
+    kv_type: str,
+    n_ubatch: int = 512,
+) -> tuple[list[CardMemory], int]:
+    """Per-card memory of a ``-sm tensor`` worker: weights and KV split by ``shares``."""
+    total = sum(shares)
+    weights = sum(layer_weight_bytes(spec, il) for il in range(spec.n_layer + 1))
+    kv = sum(kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) for il in range(spec.n_layer))
+    out = [
+        CardMemory(
+            index,
+            uuid,
+            tuple(range(spec.n_layer + 1)),
+            int(weights * s / total),
+            int(kv * s / total),
+            compute_buffer_bytes(spec, n_ubatch),
+            free,
+        )
+        for (index, uuid, free), s in zip(cards, shares, strict=True)
+    ]
+    return out, spec.token_embd_bytes
+
+
+def cpu_worker_bytes(
+    spec: ModelSpec, ctx: int, slots: int, kv_type: str, n_ubatch: int = 512
+) -> tuple[int, int]:
+    """(shared, private) host bytes of a CPU worker: the mapped weights are shared by all
+    workers of the same file through the page cache; KV and compute are each worker's own."""
+    kv = sum(kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) for il in range(spec.n_layer))
+    return spec.weights_bytes, kv + compute_buffer_bytes(spec, n_ubatch, gpu=False)
+
+
+def balanced_shares(
+    spec: ModelSpec, free: Sequence[int], ctx: int, slots: int, kv_type: str, n_ubatch: int = 512
+) -> list[int]:
+    """Layer counts per card (a ``-ts``) that leave every card about the same free memory.
+
+    Cards are filled in order (llama.cpp keeps layers contiguous); the output layer goes to the
+    last card. Each next layer goes where it leaves the most headroom, keeping contiguity.
+    """
+    n = len(free)
+    total_layers = spec.n_layer + 1
+    if n == 1:
+        return [total_layers]
+    per_layer = [
+        layer_weight_bytes(spec, il)
+        + (kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) if il < spec.n_layer else 0)
+        for il in range(total_layers)
+    ]
+    fixed = compute_buffer_bytes(spec, n_ubatch)
+    budget = [f - fixed for f in free]
+    # target: equal headroom h with sum(used) = sum(per_layer) -> h = (sum(budget)-need)/n
+    need = sum(per_layer)
+    headroom = (sum(budget) - need) / n
+    counts = []
+    start = 0
+    for i in range(n):
+        if i == n - 1:
+            counts.append(total_layers - start)
+            break
+        target = budget[i] - headroom
+        used = 0
+        count = 0
+        while start + count < total_layers - (n - 1 - i):
+            nxt = per_layer[start + count]
+            # take the layer if that brings us closer to the target
+            if abs(used + nxt - target) <= abs(used - target):
+                used += nxt
+                count += 1
+            else:
+                break
+        counts.append(max(count, 1) if start + max(count, 1) < total_layers else count)
+        start += counts[-1]
+    return counts
