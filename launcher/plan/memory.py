@@ -25,6 +25,9 @@ COMPUTE_BASE_BYTES = 100 * MIB
 COMPUTE_PER_EMBD_UBATCH = 12.8 * 4  # bytes of compute buffer per n_embd x n_ubatch element
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 CELL_PAD = 256
+# -sm tensor holds more per card than its share of weights, KV and compute: fitted on 4x H100
+# (8B: 800 MiB, 70B: 824 MiB above the plain split; docs/validation/2026-11-27-h100x4-planner.md)
+TENSOR_SPLIT_EXTRA_BYTES = 812 * MIB
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def tensor_split_memory(
             tuple(range(spec.n_layer + 1)),
             int(weights * s / total),
             int(kv * s / total),
-            compute_buffer_bytes(spec, n_ubatch),
+            compute_buffer_bytes(spec, n_ubatch) + TENSOR_SPLIT_EXTRA_BYTES,
             free,
         )
         for (index, uuid, free), s in zip(cards, shares, strict=True)

@@ -26,9 +26,11 @@ LAYER_S = 47.6e-6  # fixed cost per layer per step (kernel launches, synchronisa
 FLOP_PER_BYTE = 5.9  # decode FLOP/s per byte/s of memory bandwidth (quantized matmul)
 PP_FLOP_PER_BYTE = 48.0  # prompt processing FLOP/s per byte/s of memory bandwidth
 BOUNDARY_S = 100e-6  # hand-off between two stages of a layer split, per step
-ALLREDUCE_S = 8.4e-6  # one all-reduce of a tensor split over NVLink, per layer
-TENSOR_COMPUTE_EFF = 0.5  # how well a tensor split divides the per-user compute between cards
-PCIE_ALLREDUCE_S = 150e-6  # the same through PCIe and host memory (assumed, not measured)
+# -sm tensor, refitted on 4x H100 runs of this repo (docs/validation/2026-11-27-h100x4-planner.md):
+TENSOR_STEP_S = 2.0e-3  # fixed cost per decode step of a tensor split
+TENSOR_LAYER_S = 39.5e-6  # per layer over NVLink, the two all-reduces included
+TENSOR_COMPUTE_EFF = 0.4  # how well a tensor split divides the per-user compute between cards
+PCIE_ALLREDUCE_S = 150e-6  # one all-reduce through PCIe and host memory (assumed, not measured)
 ACT_BYTES = 4  # f32 activations
 
 
@@ -95,12 +97,12 @@ def tensor_split_step(
         slowest = max(slowest, t)
     n = len(stages)
     all_nvlink = all(s.nvlink for s in stages)
+    if all_nvlink:
+        return slowest + TENSOR_STEP_S + n_layer * TENSOR_LAYER_S
     link = min(_link(s) for s in stages)
     exchange_bytes = batch * n_embd * ACT_BYTES * 2 * (n - 1) / n
-    per_reduce = (ALLREDUCE_S if all_nvlink else PCIE_ALLREDUCE_S) + (
-        0.0 if all_nvlink else exchange_bytes / link
-    )
-    return slowest + n_layer * (LAYER_S + 2 * per_reduce)
+    per_reduce = PCIE_ALLREDUCE_S + exchange_bytes / link
+    return slowest + TENSOR_STEP_S + n_layer * (TENSOR_LAYER_S + 2 * per_reduce)
 
 
 def prompt_tok_s(
