@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from launcher.gpu.inventory import Inventory
     from launcher.model.spec import ModelSpec
     from launcher.plan.advisor import Plan
-    from launcher.plan.layouts import ServerTarget
+    from launcher.plan.layouts import Layout, ServerTarget
     from launcher.plan.workload import Workload
+    from launcher.profiles.launch import LaunchProfile
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -422,6 +423,358 @@ def _verify(result: Plan, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fleets: up, down, status, logs ---------------------------------------------------------
+
+
+def _launch_profile_for(args: argparse.Namespace) -> LaunchProfile:
+    """The profile ``up`` runs: a saved one, or one made from a model path and the options."""
+    from launcher.profiles import launch
+
+    target = args.target
+    if target.endswith(".gguf") or Path(target).suffix == ".gguf":
+        profile = launch.LaunchProfile(
+            name=args.name or _fleet_name(Path(target)),
+            model=str(Path(target).expanduser().resolve()),
+        )
+    else:
+        profile = launch.load_launch_profile(launch.resolve(target))
+        if args.name:
+            profile.name = args.name
+    if args.layout:
+        profile.layout = args.layout
+        profile.cards, profile.pci_bus_ids, profile.tensor_split = [], [], []
+    if args.cards:
+        profile.cards = [c.strip() for c in args.cards.split(",") if c.strip()]
+        profile.pci_bus_ids = []
+    if args.users:
+        profile.users = args.users
+    if args.ctx:
+        profile.ctx = args.ctx
+    if args.port:
+        profile.router_port = args.port
+    return profile
+
+
+def _fleet_name(model: Path) -> str:
+    stem = model.name.removesuffix(".gguf")
+    if "-00001-of-" in stem:
+        stem = stem.split("-00001-of-")[0]
+    return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem) or "fleet"
+
+
+def _resolve_cards(profile: LaunchProfile, inventory: Inventory, replan: bool) -> tuple[str, ...]:
+    """The profile's cards as they are in this box (UUID, else PCI bus id)."""
+    if not profile.cards or replan:
+        return ()
+    cards = inventory.local.cards
+    by_uuid = {c.uuid: c for c in cards if c.uuid}
+    by_bus = {c.pci_bus_id: c for c in cards if c.pci_bus_id}
+    out, missing = [], []
+    for i, wanted in enumerate(profile.cards):
+        if wanted in by_uuid or wanted.isdigit():
+            out.append(wanted)
+            continue
+        bus = profile.pci_bus_ids[i] if i < len(profile.pci_bus_ids) else None
+        if bus and bus in by_bus:
+            out.append(by_bus[bus].uuid or str(by_bus[bus].index))
+        else:
+            missing.append(wanted)
+    if missing:
+        raise LauncherError(
+            f"Profile '{profile.name}' uses card(s) {', '.join(missing)} that are not in this box "
+            "(replaced, moved or off the bus); run 'llama-launcher up "
+            f"{profile.name} --replan' to plan for the cards here, or save the profile again."
+        )
+    return tuple(out)
+
+
+def _plan_fleet(profile: LaunchProfile, args: argparse.Namespace) -> tuple[Layout, str]:
+    from launcher.model.spec import read_mmproj_bytes, read_model_spec
+    from launcher.plan.advisor import plan
+    from launcher.plan.workload import DEFAULT_USERS_PER_WORKER, Workload
+
+    spec = read_model_spec(Path(profile.model).expanduser())
+    inventory = _inventory(argparse.Namespace(hardware=None))
+    option = args.llama_server or profile.llama_server
+    server, _ = _server_target(argparse.Namespace(llama_server=option), inventory)
+    if server.path == "llama-server":
+        from launcher.run.server_binary import find_server
+
+        find_server(option)  # raises with the install command
+    kind = profile.layout
+    usable = [c for c in inventory.local.cards if c.usable]
+    if kind == "auto" and not usable:
+        kind = "cpu:1"
+    cards = _resolve_cards(profile, inventory, args.replan)
+    workers = max(1, len(cards) or len(usable))
+    workload = Workload(
+        users=profile.users or DEFAULT_USERS_PER_WORKER * workers,
+        ctx=profile.ctx or min(4096, spec.training_context),
+        kv_type=profile.kv_type,
+        goal=profile.goal,
+        cards=cards,
+    )
+    mmproj = read_mmproj_bytes(Path(profile.mmproj)) if profile.mmproj else 0
+    result = plan(
+        spec,
+        inventory,
+        workload,
+        server,
+        kind,
+        router_port=profile.router_port,
+        mmproj_bytes=mmproj,
+        mmproj_path=profile.mmproj,
+    )
+    best = result.best
+    if best is None:
+        raise LauncherError(
+            "Nothing fits on this box: " + " ".join(result.advice or (result.layouts[0].reason,))
+        )
+    return best.layout, best.reason
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from launcher.run import supervisor as sup
+
+    profile = _launch_profile_for(args)
+    layout, reason = _plan_fleet(profile, args)
+    specs = [
+        sup.WorkerSpec(tuple(p.argv) + tuple(profile.extra_args), dict(p.env), p.port, p.cards)
+        for p in layout.processes
+    ]
+    if args.daemon:
+        say = _say
+    else:
+        print(f"Fleet {profile.name}: {layout.kind}, {len(specs)} worker(s). {reason}")
+        if profile.extra_args:
+            print(f"Extra llama-server flags from the profile: {' '.join(profile.extra_args)}")
+        say = _say
+    if args.detach:
+        return _detach(args, profile.name)
+    supervisor = sup.Supervisor(
+        profile.name,
+        specs,
+        echo=not args.daemon,
+        say=say,
+        model=profile.model,
+        layout=layout.kind,
+        profile=None if args.target.endswith(".gguf") else args.target,
+        health_timeout=profile.health_timeout_s,
+    )
+    return sup.run_supervisor(supervisor)
+
+
+def _detach(args: argparse.Namespace, fleet: str) -> int:
+    """Start the supervisor as a background daemon and wait until its fleet is up or failed."""
+    from launcher.run import daemon
+
+    argv = [a for a in sys.argv[1:] if a != "--detach"] if args.argv is None else args.argv
+    return daemon.start_detached(fleet, [*argv, "--daemon"], _say)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from launcher.run import daemon
+
+    stopped = daemon.stop_fleet(args.fleet, _say)
+    print(f"Fleet {stopped} stopped.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launcher.run import fleet_state
+
+    fleets = fleet_state.list_fleets()
+    if args.json:
+        print(json.dumps({"fleets": [f.to_json() for f in fleets]}, indent=2))
+        return 0
+    if not fleets:
+        print("No fleet is running. Start one with 'llama-launcher up MODEL.gguf|PROFILE'.")
+        return 0
+    for f in fleets:
+        router = f.router["url"] if f.router else "no router"
+        print(f"Fleet {f.name} ({f.layout}, supervisor pid {f.supervisor_pid}, {router})")
+        print(
+            f"  {'worker':<22}{'state':<12}{'pid':>8}  {'url':<24}{'cards':<10}"
+            f"{'restarts':>9}{'tok/s':>9}{'slots':>8}"
+        )
+        for w in f.workers:
+            cards = ",".join(map(str, w.cards)) or "cpu"
+            print(
+                f"  {w.id:<22}{w.state:<12}{w.pid or '-':>8}  {w.url:<24}{cards:<10}"
+                f"{w.restarts:>9}{w.tok_s:>9.1f}{f'{w.slots_busy}/{w.slots_total}':>8}"
+            )
+            if w.message:
+                print(f"      {w.message}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from launcher.run import fleet_state
+
+    fleet, _, worker = args.worker.partition("/")
+    if not worker:
+        raise LauncherError("Name a worker as FLEET/wN, e.g. 'llama-launcher logs mymodel/w0'.")
+    path = fleet_state.logs_dir(fleet) / f"{worker}.log"
+    if not path.is_file():
+        known = sorted(p.stem for p in fleet_state.logs_dir(fleet).glob("*.log"))
+        raise LauncherError(
+            f"No log for {args.worker}; workers with logs: "
+            f"{', '.join(f'{fleet}/{k}' for k in known) or 'none'}."
+        )
+    with path.open("rb") as f:
+        sys.stdout.write(f.read().decode(errors="replace"))
+        sys.stdout.flush()
+        while args.follow:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line.decode(errors="replace"))
+                sys.stdout.flush()
+            else:
+                time.sleep(0.25)
+    return 0
+
+
+# --- launch profiles -------------------------------------------------------------------------
+
+
+def cmd_profile_save(args: argparse.Namespace) -> int:
+    from launcher.profiles import launch
+
+    profile = launch.LaunchProfile(
+        name=args.name, model=str(Path(args.model).expanduser().resolve())
+    )
+    profile.users, profile.ctx = args.users, args.ctx
+    profile.kv_type, profile.goal = args.kv_type, args.goal
+    profile.layout = args.layout
+    profile.hardware = args.hardware
+    profile.router_port = args.port or 8080
+    if args.cards:
+        profile.cards = [c.strip() for c in args.cards.split(",") if c.strip()]
+    if not args.hardware:
+        layout, _ = _plan_fleet(
+            profile, argparse.Namespace(llama_server=args.llama_server, replan=True)
+        )
+        inventory = _inventory(argparse.Namespace(hardware=None))
+        by_index = {c.index: c for c in inventory.local.cards}
+        used = [by_index[i] for p in layout.processes for i in p.cards if i in by_index]
+        profile.layout = layout.kind
+        profile.cards = [c.uuid or str(c.index) for c in used]
+        profile.pci_bus_ids = [c.pci_bus_id or "" for c in used]
+        profile.tensor_split = list(layout.tensor_split)
+    path = launch.save_launch_profile(profile, force=args.force)
+    print(f"Saved launch profile '{args.name}' ({profile.layout}): {path}")
+    return 0
+
+
+def cmd_profile_list(args: argparse.Namespace) -> int:
+    from launcher.profiles import hardware, launch
+
+    for kind, items in (("launch", launch.list_profiles()), ("hardware", hardware.list_profiles())):
+        for name, path, origin in items:
+            print(f"{kind:<9}{name:<28} {origin:<8} {path}")
+    return 0
+
+
+def cmd_profile_show(args: argparse.Namespace) -> int:
+    from launcher.profiles import launch
+
+    path = launch.resolve(args.name)
+    launch.load_launch_profile(path)  # validates
+    print(f"# {path}")
+    print(path.read_text(), end="")
+    return 0
+
+
+# --- load and systemd ---------------------------------------------------------------------------
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from launcher.bench.load import LoadSpec, run_load
+
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not key:
+        raise LauncherError(f"${args.api_key_env} is empty; export the API key in it.")
+    spec = LoadSpec(
+        tuple(args.url),
+        args.concurrency,
+        args.requests,
+        args.tokens,
+        args.prompt_tokens,
+        args.api,
+        key,
+    )
+    if not args.json:
+        _say(
+            f"{spec.requests} requests, {spec.concurrency} at a time, {spec.max_tokens} tokens "
+            f"each, against {', '.join(spec.urls)} ({spec.api})"
+        )
+    result = asyncio.run(run_load(spec))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(
+            f"requests {result.requests} ({result.errors} errors), tokens {result.tokens} in "
+            f"{result.wall_s:.2f} s: {result.aggregate_tok_s:.1f} tok/s aggregate, "
+            f"{result.per_user_tok_s_p50:.1f} tok/s per user (p50)"
+        )
+        print(
+            f"time to first token p50 {result.ttft_ms_p50} ms; latency p50 "
+            f"{result.latency_ms_p50} ms, p95 {result.latency_ms_p95} ms, p99 "
+            f"{result.latency_ms_p99} ms"
+        )
+        for err in result.error_samples:
+            print(f"  error: {err}")
+    if result.errors and result.errors == result.requests:
+        raise LauncherError(
+            f"All {result.requests} requests failed ({result.error_samples[0]}); "
+            "check that the server is running at that URL.",
+            exit_code=1,
+        )
+    return 0
+
+
+def cmd_systemd(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from launcher.profiles import launch
+
+    path = launch.resolve(args.profile).resolve()
+    profile = launch.load_launch_profile(path)
+    home = os.environ.get("LLAMA_LAUNCHER_HOME")
+    base = (
+        Path(home) / "config"
+        if home
+        else Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    )
+    unit = base / "systemd" / "user" / f"llama-launcher-{profile.name}.service"
+    if unit.exists() and not args.force:
+        raise LauncherError(f"{unit} already exists; pass --force to replace it.")
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "launcher", "up", str(path)))
+    env_line = f"Environment=LLAMA_LAUNCHER_HOME={home}\n" if home else ""
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(
+        "[Unit]\n"
+        f"Description=llama-launcher fleet {profile.name}\n"
+        "After=network-online.target\n\n"
+        "[Service]\n"
+        f"ExecStart={command}\n"
+        f"{env_line}"
+        "Restart=on-failure\nRestartSec=5\nKillSignal=SIGTERM\nTimeoutStopSec=30\n\n"
+        "[Install]\nWantedBy=default.target\n"
+    )
+    print(f"Wrote {unit}")
+    print(
+        f"Enable it with: systemctl --user daemon-reload && systemctl --user enable --now "
+        f"{unit.name}"
+    )
+    print("To keep it running after you log out: loginctl enable-linger $USER")
+    return 0
+
+
 # --- the main job (until the TUI exists) ---------------------------------------------------
 
 
@@ -537,6 +890,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--hardware", metavar="NAME|PATH", help="show a hardware profile instead")
     p.set_defaults(handler=cmd_gpus)
+
+    p = sub.add_parser("up", help="start a fleet from a model or a launch profile")
+    p.add_argument("target", metavar="PROFILE|MODEL.gguf")
+    p.add_argument("--layout", metavar="KIND", help="override the layout (default: the best)")
+    p.add_argument("--cards", metavar="LIST", help="cards to use: indices or UUIDs")
+    p.add_argument("--users", type=int, help="concurrent users = slots in total")
+    p.add_argument("--ctx", type=int, help="context per user")
+    p.add_argument("--port", type=int, help="router port; workers use the ports above it")
+    p.add_argument("--name", help="fleet name (default: the profile's or the model's)")
+    p.add_argument(
+        "--replan",
+        action="store_true",
+        help="plan for this box's cards when the profile's are gone",
+    )
+    p.add_argument("--detach", action="store_true", help="run the fleet in the background")
+    p.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_up, argv=None)
+
+    p = sub.add_parser("down", help="stop a fleet")
+    p.add_argument("fleet", nargs="?", help="fleet name (default: the only one running)")
+    p.set_defaults(handler=cmd_down)
+
+    p = sub.add_parser("status", help="fleets, workers, tokens/s")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("logs", help="a worker's log")
+    p.add_argument("worker", metavar="FLEET/wN")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.set_defaults(handler=cmd_logs)
+
+    pr = sub.add_parser("profile", help="launch profiles")
+    pr_sub = pr.add_subparsers(title="profile commands", metavar="ACTION", required=True)
+    p = pr_sub.add_parser("save", help="plan and save a launch profile")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--model", required=True, metavar="MODEL.gguf")
+    p.add_argument("--hardware", metavar="NAME|PATH", help="for another box (not planned now)")
+    p.add_argument("--users", type=int)
+    p.add_argument("--ctx", type=int)
+    p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16")
+    p.add_argument("--goal", choices=("throughput", "latency", "context"), default="throughput")
+    p.add_argument("--layout", default="auto", metavar="KIND")
+    p.add_argument("--cards", metavar="LIST")
+    p.add_argument("--port", type=int, help="router port (default 8080)")
+    p.add_argument("--force", action="store_true", help="replace an existing profile")
+    p.set_defaults(handler=cmd_profile_save)
+    p = pr_sub.add_parser("list", help="launch and hardware profiles")
+    p.set_defaults(handler=cmd_profile_list)
+    p = pr_sub.add_parser("show", help="print a launch profile")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_profile_show)
+
+    p = sub.add_parser("load", help="closed-loop load against a server or the router")
+    p.add_argument("url", metavar="URL", nargs="+", help="one or more servers, used in turn")
+    p.add_argument("-c", "--concurrency", type=int, default=4, help="clients at once")
+    p.add_argument("-n", "--requests", type=int, default=16, help="requests in total")
+    p.add_argument("--tokens", type=int, default=128, help="tokens to generate per request")
+    p.add_argument("--prompt-tokens", type=int, default=64, help="prompt length, in tokens")
+    p.add_argument("--api", choices=("completion", "openai"), default="completion")
+    p.add_argument("--api-key-env", metavar="VAR", help="variable holding a Bearer key")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_load)
+
+    p = sub.add_parser("systemd", help="write a systemd user unit that runs 'up PROFILE'")
+    p.add_argument("profile", metavar="PROFILE")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(handler=cmd_systemd)
 
     hw = sub.add_parser("hardware", help="hardware profiles")
     hw_sub = hw.add_subparsers(title="hardware commands", metavar="ACTION", required=True)

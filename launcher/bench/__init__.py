@@ -1,0 +1,1 @@
+"""Measuring: the closed-loop load generator, and later layout comparisons."""

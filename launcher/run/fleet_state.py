@@ -1,0 +1,124 @@
+"""The state of running fleets, kept under the state folder so any terminal can see them.
+
+Each fleet's supervisor writes ``<state>/fleets/NAME.json`` (atomically, on every change and
+once a second with fresh metrics) and removes it when it stops. ``status``, ``logs`` and
+``down`` read these files; a file whose supervisor is gone is stale and reported as stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher import paths
+
+STATES = ("starting", "healthy", "restarting", "failed", "stopped")
+
+
+@dataclass
+class WorkerState:
+    """One worker as ``status --json`` shows it."""
+
+    id: str  # FLEET/wN
+    pid: int | None
+    port: int
+    url: str
+    cards: list[int]
+    state: str = "starting"
+    restarts: int = 0
+    tok_s: float = 0.0
+    slots_busy: int = 0
+    slots_total: int = 0
+    vram_bytes: int | None = None  # memory NVML lists for this pid, summed over cards
+    nvml_cards: list[int] = field(default_factory=list)  # cards NVML sees the pid on
+    log: str = ""
+    message: str = ""  # why it failed or is restarting
+
+
+@dataclass
+class FleetState:
+    name: str
+    supervisor_pid: int
+    router: dict[str, Any] | None
+    workers: list[WorkerState] = field(default_factory=list)
+    profile: str | None = None
+    model: str = ""
+    layout: str = ""
+    started_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fleets_dir() -> Path:
+    return paths.state_dir() / "fleets"
+
+
+def logs_dir(fleet: str) -> Path:
+    return paths.state_dir() / "logs" / fleet
+
+
+def state_path(fleet: str) -> Path:
+    return fleets_dir() / f"{fleet}.json"
+
+
+def write_state(state: FleetState) -> None:
+    path = state_path(state.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=1))
+    tmp.replace(path)
+
+
+def remove_state(fleet: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state_path(fleet).unlink()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours still answers kill(0): look at its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def read_state(path: Path) -> FleetState | None:
+    try:
+        data = json.loads(path.read_text())
+        workers = [WorkerState(**w) for w in data.pop("workers", [])]
+        return FleetState(workers=workers, **data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def list_fleets() -> list[FleetState]:
+    """Every fleet with a state file; stale ones (supervisor gone) come back as stopped."""
+    out = []
+    folder = fleets_dir()
+    if not folder.is_dir():
+        return []
+    for path in sorted(folder.glob("*.json")):
+        state = read_state(path)
+        if state is None:
+            continue
+        if not pid_alive(state.supervisor_pid):
+            for w in state.workers:
+                w.state = "stopped"
+                w.tok_s = 0.0
+                w.slots_busy = 0
+        out.append(state)
+    return out

@@ -1,0 +1,435 @@
+"""Start, watch and stop the llama-server workers of one fleet.
+
+A ``Supervisor`` owns one fleet. It starts every worker at once (each with
+``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and its cards in ``CUDA_VISIBLE_DEVICES``), moves a worker
+whose port is taken to a free one, waits for ``/health`` with a timeout while showing
+progress, and reports a worker that dies while loading with the last lines of its log. Once
+up, a worker that crashes is restarted with back-off (1, 2, 4 ... 30 s) up to
+``MAX_RESTARTS`` times in ``RESTART_WINDOW_S``. Workers get a parent-death signal, so they die
+with the supervisor even if it is killed. SIGTERM or Ctrl-C stops the fleet: SIGTERM to
+each worker, SIGKILL after ``STOP_GRACE_S``. The fleet's state file (``fleet_state``) lets
+``status``, ``logs`` and ``down`` work from any terminal. The router (its own module) will
+run in this event loop: ``Supervisor.router`` is its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from launcher.errors import LauncherError
+from launcher.run import fleet_state
+from launcher.run.fleet_state import FleetState, WorkerState
+from launcher.run.metrics import WorkerSampler
+
+HEALTH_TIMEOUT_S = 600.0
+STOP_GRACE_S = 10.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+LOG_MAX_BYTES = 10 << 20  # per file; one older file is kept
+PR_SET_PDEATHSIG = 1
+_ERROR_WORDS = re.compile(r"error|failed|out of memory|invalid|unknown|cannot", re.IGNORECASE)
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One process to run: its argv, environment additions, port and cards."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    port: int
+    cards: tuple[int, ...]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(avoid: set[int], start: int) -> int:
+    for port in range(start, start + 1000):
+        if port not in avoid and port_free(port):
+            return port
+    raise LauncherError(f"No free port found from {start} on; free some ports and try again.")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class RotatingLog:
+    """A worker's log: appends, and keeps one older file when it passes ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = path.open("ab")
+        self.tail: deque[str] = deque(maxlen=60)
+
+    def write(self, line: bytes) -> None:
+        self._f.write(line)
+        self._f.flush()
+        self.tail.append(line.decode(errors="replace").rstrip())
+        if self._f.tell() > self.max_bytes:
+            self._f.close()
+            self.path.replace(self.path.with_suffix(".log.1"))
+            self._f = self.path.open("ab")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Worker:
+    """One llama-server of the fleet and its life: start, health, restarts, stop."""
+
+    def __init__(self, fleet: str, index: int, spec: WorkerSpec, echo: bool) -> None:
+        self.id = f"{fleet}/w{index}"
+        self.spec = spec
+        self.echo = echo
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log = RotatingLog(fleet_state.logs_dir(fleet) / f"w{index}.log")
+        self.state = WorkerState(
+            self.id,
+            None,
+            spec.port,
+            f"http://127.0.0.1:{spec.port}",
+            list(spec.cards),
+            log=str(self.log.path),
+        )
+        self.sampler = WorkerSampler(self.state.url)
+        self.restart_times: list[float] = []
+        self._pump: asyncio.Task[None] | None = None
+        self.stopping = False
+
+    def set_port(self, port: int) -> None:
+        argv = list(self.spec.argv)
+        if "--port" in argv:
+            argv[argv.index("--port") + 1] = str(port)
+        self.spec = WorkerSpec(tuple(argv), self.spec.env, port, self.spec.cards)
+        self.state.port = port
+        self.state.url = f"http://127.0.0.1:{port}"
+        self.sampler = WorkerSampler(self.state.url)
+
+    async def start(self) -> None:
+        env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **self.spec.env}
+        self.log.write(
+            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
+            f"{' '.join(self.spec.argv)}\n".encode()
+        )
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.spec.argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as err:
+            raise LauncherError(
+                f"{self.id} could not start {self.spec.argv[0]} ({err}); check "
+                "the llama-server path."
+            ) from err
+        self.state.pid = self.proc.pid
+        self._pump = asyncio.create_task(self._read_output(self.proc))
+
+    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            self.log.write(line)
+            if self.echo:
+                sys.stdout.write(f"[{self.id}] {line.decode(errors='replace')}")
+                sys.stdout.flush()
+
+    def last_lines(self, n: int = 4) -> str:
+        """The log lines that say what went wrong: error lines first, then the last ``n``."""
+        lines = [line for line in self.log.tail if line.strip()]
+        errors = [line for line in lines if _ERROR_WORDS.search(line)][-4:]
+        chosen = errors + [line for line in lines[-n:] if line not in errors]
+        return "\n".join(f"    {line}" for line in chosen)
+
+    async def wait_healthy(self, session: aiohttp.ClientSession, timeout: float, say: Say) -> None:
+        """Poll ``/health`` until 200; raises with the log tail if the process exits."""
+        started = time.monotonic()
+        next_note = started + 5
+        while True:
+            assert self.proc is not None
+            if self.proc.returncode is not None:
+                await self._drain()
+                raise LauncherError(
+                    f"{self.id} exited with code {self.proc.returncode} while "
+                    f"loading; the end of its log ({self.log.path}):\n"
+                    f"{self.last_lines()}"
+                )
+            try:
+                async with session.get(
+                    f"{self.state.url}/health", timeout=aiohttp.ClientTimeout(total=2)
+                ) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            now = time.monotonic()
+            if now - started > timeout:
+                raise LauncherError(
+                    f"{self.id} was not healthy after {timeout:.0f} s; the end "
+                    f"of its log ({self.log.path}):\n{self.last_lines()}"
+                )
+            if now >= next_note:
+                say(f"{self.id}: loading ({now - started:.0f} s)")
+                next_note = now + 5
+            await asyncio.sleep(0.25)
+
+    async def _drain(self) -> None:
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._pump, 2)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        await self._drain()
+        self.state.state = "stopped"
+        self.state.pid = None
+
+
+class Supervisor:
+    """Runs one fleet until asked to stop; see the module docstring."""
+
+    def __init__(
+        self,
+        fleet: str,
+        specs: list[WorkerSpec],
+        *,
+        echo: bool = False,
+        say: Say | None = None,
+        model: str = "",
+        layout: str = "",
+        profile: str | None = None,
+        health_timeout: float = HEALTH_TIMEOUT_S,
+    ) -> None:
+        self.fleet = fleet
+        self.workers = [Worker(fleet, i, spec, echo) for i, spec in enumerate(specs)]
+        self.say: Say = say or (lambda line: print(line, flush=True))
+        self.health_timeout = health_timeout
+        self.router: Any = None  # the router issue runs its server here, in this event loop
+        self.state = FleetState(
+            fleet,
+            os.getpid(),
+            None,
+            [w.state for w in self.workers],
+            profile,
+            model,
+            layout,
+            time.time(),
+        )
+        self._stop = asyncio.Event()
+        self._gpu: Any = None  # a GpuBackend, opened when a worker has cards
+
+    def _save(self) -> None:
+        fleet_state.write_state(self.state)
+
+    def _claim(self) -> None:
+        existing = fleet_state.read_state(fleet_state.state_path(self.fleet))
+        if (
+            existing
+            and fleet_state.pid_alive(existing.supervisor_pid)
+            and (existing.supervisor_pid != os.getpid())
+        ):
+            raise LauncherError(
+                f"Fleet '{self.fleet}' is already running (supervisor pid "
+                f"{existing.supervisor_pid}); stop it with 'llama-launcher down "
+                f"{self.fleet}' or choose another name."
+            )
+        taken = {w.spec.port for w in self.workers}
+        used: set[int] = set()
+        for w in self.workers:
+            if w.spec.port in used or not port_free(w.spec.port):
+                new = free_port(used | taken, w.spec.port + 1)
+                self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
+                w.set_port(new)
+            used.add(w.spec.port)
+
+    async def run(self) -> int:
+        """Start the fleet, supervise it until stopped; 0 on a clean stop, 1 if it failed."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self._claim()
+        self._save()
+        try:
+            async with aiohttp.ClientSession() as session:
+                if not await self._start_all(session):
+                    return 1
+                await self._watch(session)
+            return 0
+        finally:
+            await asyncio.gather(*(w.stop() for w in self.workers))
+            for w in self.workers:
+                w.log.close()
+            if self._gpu is not None:
+                self._gpu.close()
+            fleet_state.remove_state(self.fleet)
+            self.say(f"Fleet {self.fleet} stopped.")
+
+    async def _start_all(self, session: aiohttp.ClientSession) -> bool:
+        started = time.monotonic()
+        self.say(f"Starting fleet {self.fleet}: {len(self.workers)} worker(s).")
+        for w in self.workers:
+            await w.start()
+        self._save()
+        results = await asyncio.gather(
+            *(self._until_healthy(w, session, started) for w in self.workers),
+            return_exceptions=True,
+        )
+        failed = [(w, r) for w, r in zip(self.workers, results, strict=True) if r is not None]
+        for w, err in failed:
+            w.state.state = "failed"
+            w.state.message = str(err).splitlines()[0]
+            self.say(str(err))
+        self._save()
+        if failed:
+            self.say(
+                f"Fleet {self.fleet} did not start: {len(failed)} of {len(self.workers)} "
+                "worker(s) failed; stopping the others."
+            )
+            return False
+        self.say(f"Fleet {self.fleet} is up in {time.monotonic() - started:.1f} s.")
+        return True
+
+    async def _until_healthy(
+        self, w: Worker, session: aiohttp.ClientSession, started: float
+    ) -> BaseException | None:
+        try:
+            await w.wait_healthy(session, self.health_timeout, self.say)
+        except LauncherError as err:
+            return err
+        w.state.state = "healthy"
+        self.say(f"{w.id} healthy on {w.state.url} ({time.monotonic() - started:.1f} s)")
+        self._save()
+        return None
+
+    async def _watch(self, session: aiohttp.ClientSession) -> None:
+        restarting: set[asyncio.Task[None]] = set()
+        tick = 0
+        while not self._stop.is_set():
+            for w in self.workers:
+                proc = w.proc
+                if w.state.state == "healthy" and proc is not None and proc.returncode is not None:
+                    task = asyncio.create_task(self._restart(w, session, proc.returncode))
+                    restarting.add(task)
+                    task.add_done_callback(restarting.discard)
+            healthy = [w for w in self.workers if w.state.state == "healthy"]
+            snaps = await asyncio.gather(*(w.sampler.poll(session) for w in healthy))
+            for w, snap in zip(healthy, snaps, strict=True):
+                if snap.ok and w.state.state == "healthy":
+                    w.state.tok_s = round(snap.tok_s, 1)
+                    w.state.slots_busy = snap.slots_busy
+                    w.state.slots_total = snap.slots_total
+            tick += 1
+            if tick % 5 == 1 and any(w.spec.cards for w in self.workers):
+                await self._gpu_usage()
+            self._save()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+        for task in restarting:
+            task.cancel()
+
+    async def _gpu_usage(self) -> None:
+        """Which cards NVML sees each worker on, and how much memory it holds there."""
+        from launcher.gpu.backend import open_backend
+
+        if self._gpu is None:
+            self._gpu = open_backend()
+        try:
+            cards = await asyncio.to_thread(self._gpu.cards)
+        except Exception as err:  # NVML trouble must not stop the fleet
+            self.say(f"GPU memory per worker unavailable: {err}")
+            return
+        for w in self.workers:
+            used = [
+                (c.index, p.used_bytes or 0)
+                for c in cards
+                for p in c.processes
+                if p.pid == w.state.pid
+            ]
+            w.state.nvml_cards = [i for i, _ in used]
+            w.state.vram_bytes = sum(b for _, b in used) if used else None
+
+    async def _restart(self, w: Worker, session: aiohttp.ClientSession, code: int) -> None:
+        now = time.monotonic()
+        w.restart_times = [t for t in w.restart_times if now - t < RESTART_WINDOW_S]
+        await w._drain()
+        if len(w.restart_times) >= MAX_RESTARTS:
+            w.state.state = "failed"
+            w.state.message = (
+                f"exited with code {code}; {MAX_RESTARTS} restarts in "
+                f"{RESTART_WINDOW_S / 60:.0f} min, giving up"
+            )
+            self.say(f"{w.id} {w.state.message}. The end of its log:\n{w.last_lines()}")
+            self._save()
+            return
+        delay = min(30.0, 2.0 ** len(w.restart_times))
+        w.restart_times.append(now)
+        w.state.state = "restarting"
+        w.state.restarts += 1
+        w.state.message = f"exited with code {code}; restart {w.state.restarts} in {delay:.0f} s"
+        w.state.tok_s = 0.0
+        self.say(f"{w.id} {w.state.message}")
+        self._save()
+        await asyncio.sleep(delay)
+        if self._stop.is_set():
+            return
+        if not port_free(w.spec.port):
+            new = free_port({x.spec.port for x in self.workers}, w.spec.port + 1)
+            self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
+            w.set_port(new)
+        await w.start()
+        try:
+            await w.wait_healthy(session, self.health_timeout, self.say)
+        except LauncherError as err:
+            self.say(str(err))
+            w.state.state = "healthy"  # let the watcher see the exit and count it again
+            return
+        w.state.state = "healthy"
+        w.state.message = ""
+        self.say(f"{w.id} is back and healthy (restart {w.state.restarts}).")
+        self._save()
+
+
+def run_supervisor(supervisor: Supervisor) -> int:
+    """Run ``supervisor`` on a fresh event loop; returns its exit code."""
+    return asyncio.run(supervisor.run())

@@ -1,0 +1,259 @@
+"""Fleets on real CPU llama-servers: up, status, restarts, supervisor death, down, profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from launcher.profiles import launch
+from launcher.run.fleet_state import pid_alive
+from tests.conftest import free_port, run_cli
+
+
+def status(env: dict[str, str]) -> dict[str, object]:
+    result = run_cli("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def workers(env: dict[str, str]) -> list[dict[str, object]]:
+    fleets = status(env)["fleets"]
+    assert isinstance(fleets, list) and len(fleets) == 1
+    return list(fleets[0]["workers"])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def base_port() -> int:
+    """A router port whose next few ports are free too."""
+    for _ in range(50):
+        port = free_port()
+        if port < 60000 and all(_free(port + i) for i in range(1, 5)):
+            return port
+    raise AssertionError("no run of free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def fleet_env(llama_server: Path, launcher_home: Path) -> Iterator[dict[str, str]]:
+    """Environment for CLI calls; any fleet left running is stopped afterwards."""
+    env = {"LLAMA_SERVER": str(llama_server), "LLAMA_LAUNCHER_HOME": str(launcher_home)}
+    yield env
+    run_cli("down", env=env, timeout=60)
+
+
+def up_cpu2(model: Path, env: dict[str, str], port: int, *extra: str) -> None:
+    result = run_cli(
+        "up",
+        str(model),
+        "--layout",
+        "cpu:2",
+        "--users",
+        "4",
+        "--ctx",
+        "512",
+        "--port",
+        str(port),
+        "--detach",
+        *extra,
+        env=env,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_up_status_restart_and_down(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str]
+) -> None:
+    port = base_port()
+    up_cpu2(model_factory("llama"), fleet_env, port)
+    ws = workers(fleet_env)
+    assert [w["state"] for w in ws] == ["healthy", "healthy"]
+    assert [w["id"] for w in ws] == ["llama-tiny-1/w0", "llama-tiny-1/w1"]
+    assert [w["port"] for w in ws] == [port + 1, port + 2]
+    assert all(w["slots_total"] == 2 for w in ws)
+    fleet = status(fleet_env)["fleets"][0]  # type: ignore[index]
+    assert pid_alive(fleet["supervisor_pid"]) and "router" in fleet
+    victim = int(ws[1]["pid"])  # type: ignore[arg-type]
+    os.kill(victim, signal.SIGKILL)
+
+    def back() -> bool:
+        w = workers(fleet_env)[1]
+        return w["state"] == "healthy" and w["pid"] != victim
+
+    wait_for(back, 30, "the killed worker to be restarted and healthy")
+    assert workers(fleet_env)[1]["restarts"] == 1
+    pids = [int(w["pid"]) for w in workers(fleet_env)]  # type: ignore[arg-type]
+    down = run_cli("down", env=fleet_env, timeout=60)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "the workers to exit")
+    assert status(fleet_env)["fleets"] == []
+
+
+def test_killing_the_supervisor_kills_its_workers(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str]
+) -> None:
+    up_cpu2(model_factory("llama"), fleet_env, base_port())
+    fleet = status(fleet_env)["fleets"][0]  # type: ignore[index]
+    pids = [int(w["pid"]) for w in fleet["workers"]]
+    os.kill(int(fleet["supervisor_pid"]), signal.SIGKILL)
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "workers to die with the supervisor")
+    ws = workers(fleet_env)
+    assert [w["state"] for w in ws] == ["stopped", "stopped"]  # stale state reads as stopped
+
+
+def test_taken_port_moves_the_worker(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str]
+) -> None:
+    port = base_port()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port + 1))
+        blocker.listen()
+        up_cpu2(model_factory("llama"), fleet_env, port)
+        log = Path(fleet_env["LLAMA_LAUNCHER_HOME"]) / "state/logs/llama-tiny-1/supervisor.log"
+        text = log.read_text()
+        assert f"Port {port + 1} is in use; llama-tiny-1/w0 moves to port" in text
+        ws = workers(fleet_env)
+        assert ws[0]["port"] != port + 1 and ws[0]["state"] == "healthy"
+        with urllib.request.urlopen(f"{ws[0]['url']}/health", timeout=5) as resp:
+            assert resp.status == 200
+
+
+def test_missing_model_and_bad_profile_are_one_sentence(
+    tmp_path: Path, fleet_env: dict[str, str]
+) -> None:
+    missing = run_cli("up", str(tmp_path / "nope.gguf"), env=fleet_env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"llama-launcher: {tmp_path / 'nope.gguf'} does not exist; check the path to the model "
+        "file."
+    ]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('format = 1\nmodel = "x.gguf"\n[layout]\nkind = "sideways"\n')
+    result = run_cli("up", str(bad), env=fleet_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "layout.kind = 'sideways': must be auto, per-card" in result.stderr
+    lan = tmp_path / "lan.toml"
+    lan.write_text('format = 1\nmodel = "x.gguf"\n[router]\nhost = "0.0.0.0"\n')
+    result = run_cli("up", str(lan), env=fleet_env)
+    assert "router.api_key_env must name the variable" in result.stderr
+
+
+def test_a_worker_that_dies_while_loading_is_reported(
+    model_factory: Callable[..., Path], tmp_path: Path, fleet_env: dict[str, str]
+) -> None:
+    profile = tmp_path / "bad-flag.toml"
+    profile.write_text(
+        f'format = 1\nname = "badflag"\nmodel = "{model_factory("llama")}"\n'
+        '[layout]\nkind = "cpu:1"\n[router]\nport = '
+        + str(base_port())
+        + '\n[server]\nextra_args = ["--rope-scaling", "sideways"]\n'
+    )
+    result = run_cli("up", str(profile), env=fleet_env, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "Extra llama-server flags from the profile: --rope-scaling sideways" in out
+    assert "badflag/w0 exited with code" in out and "while loading" in out
+    tail = out.split("while loading")[1]  # the log tail says what was wrong
+    assert 'error while handling argument "--rope-scaling": invalid value' in tail
+    assert "Fleet badflag did not start" in out
+    assert status(fleet_env)["fleets"] == []
+
+
+def test_profile_round_trips(tmp_path: Path, launcher_home: Path) -> None:
+    profile = launch.LaunchProfile(
+        name="rt",
+        model="/models/m.gguf",
+        users=8,
+        ctx=2048,
+        kv_type="q8_0",
+        goal="latency",
+        layout="per-card",
+        cards=["GPU-a", "GPU-b"],
+        pci_bus_ids=["0000:01:00.0", "0000:02:00.0"],
+        tensor_split=[],
+        extra_args=["--temp", "0.7"],
+        router_port=9000,
+        members=[launch.RouterMember("http://192.168.1.20:8080", 0.5, "LAN_KEY")],
+    )
+    path = launch.save_launch_profile(profile)
+    loaded = launch.load_launch_profile(path)
+    assert loaded == profile
+    before = path.read_text()
+    with pytest.raises(Exception, match="already exists"):
+        launch.save_launch_profile(profile)
+    assert path.read_text() == before
+    launch.save_launch_profile(loaded, force=True)
+    assert path.read_text() == before
+
+
+def test_profile_save_and_show_on_this_box(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str]
+) -> None:
+    model = model_factory("llama")
+    saved = run_cli("profile", "save", "mine", "--model", str(model), "--users", "2", env=fleet_env)
+    assert saved.returncode == 0, saved.stderr
+    shown = run_cli("profile", "show", "mine", env=fleet_env)
+    assert shown.returncode == 0 and 'kind = "cpu:1"' in shown.stdout
+    listed = run_cli("profile", "list", env=fleet_env)
+    assert "mine" in listed.stdout and "six-2060s-risers" in listed.stdout
+    unit = run_cli("systemd", "mine", env=fleet_env)
+    assert unit.returncode == 0, unit.stderr
+    path = (
+        Path(fleet_env["LLAMA_LAUNCHER_HOME"]) / "config/systemd/user/llama-launcher-mine.service"
+    )
+    text = path.read_text()
+    assert "ExecStart=" in text and " up " in text and "Restart=on-failure" in text
+    assert "systemctl --user enable --now llama-launcher-mine.service" in unit.stdout
+
+
+def test_load_counts_match_the_workers_metrics(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str]
+) -> None:
+    port = base_port()
+    up_cpu2(model_factory("llama"), fleet_env, port)
+    urls = [str(w["url"]) for w in workers(fleet_env)]
+    result = run_cli(
+        "load", *urls, "-c", "4", "-n", "8", "--tokens", "24", "--json", env=fleet_env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["errors"] == 0 and data["requests"] == 8 and data["tokens"] == 8 * 24
+    served = 0
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("llamacpp:tokens_predicted_total"):
+                    served += int(float(line.split()[-1]))
+    assert served == data["tokens"]
+    assert data["ttft_ms_p50"] is not None and data["latency_ms_p95"] >= data["latency_ms_p50"]
+
+
+def test_load_against_nothing_is_one_sentence(fleet_env: dict[str, str]) -> None:
+    result = run_cli("load", f"http://127.0.0.1:{free_port()}", "-n", "2", env=fleet_env)
+    assert result.returncode == 1
+    assert "All 2 requests failed" in result.stderr and "Traceback" not in result.stderr
