@@ -538,8 +538,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     profile = _launch_profile_for(args)
     layout, reason = _plan_fleet(profile, args)
+    if not profile.flash_attn and profile.kv_type != "f16":
+        raise LauncherError(
+            f"A {profile.kv_type} KV cache needs flash attention; set "
+            'server.flash_attn = true or workload.kv_type = "f16".'
+        )
+    fa = "on" if profile.flash_attn else "off"
     specs = [
-        sup.WorkerSpec(tuple(p.argv) + tuple(profile.extra_args), dict(p.env), p.port, p.cards)
+        sup.WorkerSpec(
+            _with_flag(tuple(p.argv), "-fa", fa) + tuple(profile.extra_args),
+            dict(p.env),
+            p.port,
+            p.cards,
+        )
         for p in layout.processes
     ]
     if args.daemon:
@@ -562,6 +573,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         health_timeout=profile.health_timeout_s,
     )
     return sup.run_supervisor(supervisor)
+
+
+def _with_flag(argv: tuple[str, ...], flag: str, value: str) -> tuple[str, ...]:
+    out = list(argv)
+    if flag in out:
+        out[out.index(flag) + 1] = value
+    else:
+        out += [flag, value]
+    return tuple(out)
 
 
 def _detach(args: argparse.Namespace, fleet: str) -> int:

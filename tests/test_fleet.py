@@ -257,3 +257,27 @@ def test_load_against_nothing_is_one_sentence(fleet_env: dict[str, str]) -> None
     result = run_cli("load", f"http://127.0.0.1:{free_port()}", "-n", "2", env=fleet_env)
     assert result.returncode == 1
     assert "All 2 requests failed" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["8b-per-card", "70b-pooled", "tiny-cpu", "lan-router"])
+def test_shipped_launch_profiles_load(name: str) -> None:
+    profile = launch.load_launch_profile(launch.resolve(name))
+    assert profile.name == name and profile.model.endswith(".gguf")
+
+
+def test_a_profile_whose_card_is_gone_is_reported(
+    model_factory: Callable[..., Path], tmp_path: Path, fleet_env: dict[str, str]
+) -> None:
+    from tests import gpu_boxes
+
+    backend = gpu_boxes.save(gpu_boxes.four_h100_backend(), tmp_path / "box.json")
+    profile = tmp_path / "old.toml"
+    profile.write_text(
+        f'format = 1\nname = "old"\nmodel = "{model_factory("llama")}"\n'
+        '[layout]\nkind = "per-card"\ncards = ["GPU-h100-0", "GPU-gone"]\n'
+    )
+    env = {**fleet_env, "LLAMA_LAUNCHER_GPU_BACKEND": backend}
+    result = run_cli("up", str(profile), env=env)
+    assert result.returncode == 2
+    assert "uses card(s) GPU-gone that are not in this box" in result.stderr
+    assert "--replan" in result.stderr and "Traceback" not in result.stderr

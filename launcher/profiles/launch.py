@@ -179,6 +179,8 @@ def load_launch_profile(path: Path) -> LaunchProfile:
     model = c.typed(data, "model", str, "", "the path of a .gguf file")
     if not model:
         raise c.fail("model", "is missing; give the path of the .gguf model to run.")
+    if not model.startswith(("/", "~")):  # relative to the profile's own folder
+        model = str((path.parent / model).resolve())
     p = LaunchProfile(name=c.typed(data, "name", str, "", "a string") or path.stem, model=model)
     p.hardware = c.typed(data, "hardware", str, "", "a hardware profile name or path")
     p.llama_server = c.typed(data, "llama_server", str, "", "a path")
