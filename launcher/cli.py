@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from launcher.plan.layouts import Layout, ServerTarget
     from launcher.plan.workload import Workload
     from launcher.profiles.launch import LaunchProfile
+    from launcher.router.balancer import Member
+    from launcher.router.server import RouterConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -562,6 +564,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         say = _say
     if args.detach:
         return _detach(args, profile.name)
+    router_config, remote = _router_setup(profile)
     supervisor = sup.Supervisor(
         profile.name,
         specs,
@@ -571,8 +574,86 @@ def cmd_up(args: argparse.Namespace) -> int:
         layout=layout.kind,
         profile=None if args.target.endswith(".gguf") else args.target,
         health_timeout=profile.health_timeout_s,
+        router=router_config,
+        remote_members=remote,
     )
     return sup.run_supervisor(supervisor)
+
+
+def _env_key(var: str | None, what: str) -> str | None:
+    import os
+
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise LauncherError(f"${var} is empty; export the {what} in it, or drop {var}.")
+    return value
+
+
+def _router_setup(profile: LaunchProfile) -> tuple[RouterConfig | None, list[Member]]:
+    """The router settings of ``profile`` (None when it turns the router off)."""
+    from launcher.router.balancer import Member
+    from launcher.router.server import RouterConfig, require_key_for
+
+    if not profile.router_enabled:
+        return None, []
+    key = _env_key(profile.api_key_env, "router's API key")
+    require_key_for(profile.router_host, key, profile.api_key_env)
+    remote = [
+        Member(
+            f"remote{i}:{m.url}",
+            m.url.rstrip("/"),
+            m.weight,
+            _env_key(m.api_key_env, f"API key of {m.url}"),
+        )
+        for i, m in enumerate(profile.members)
+    ]
+    return RouterConfig(profile.router_host, profile.router_port, key), remote
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    """Run the router alone over servers that are already running."""
+    import asyncio
+    import signal
+
+    from launcher.router.balancer import Member
+    from launcher.router.server import Router, RouterConfig, require_key_for
+
+    key = _env_key(args.api_key_env, "router's API key")
+    require_key_for(args.host, key, args.api_key_env)
+    upstream_key = _env_key(args.upstream_key_env, "upstream servers' API key")
+    members = []
+    for i, spec in enumerate(args.urls):
+        url, _, weight = spec.partition("@")
+        if not url.startswith(("http://", "https://")):
+            raise LauncherError(f"'{spec}' is not a server URL; give http://HOST:PORT[@WEIGHT].")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError as err:
+            raise LauncherError(f"'{weight}' in '{spec}' is not a weight; use a number.") from err
+        members.append(Member(f"m{i}", url.rstrip("/"), w, upstream_key))
+    config = RouterConfig(
+        args.host, args.port, key, args.max_queue, args.queue_timeout, args.affinity
+    )
+
+    async def serve() -> None:
+        router = Router(members, config)
+        await router.start()
+        healthy = sum(1 for m in router.members if m.healthy)
+        _say(
+            f"Router on {router.url} over {len(members)} server(s), {healthy} healthy now; "
+            "Ctrl-C stops it."
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await router.stop()
+
+    asyncio.run(serve())
+    return 0
 
 
 def _with_flag(argv: tuple[str, ...], flag: str, value: str) -> tuple[str, ...]:
@@ -928,6 +1009,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_up, argv=None)
 
+    p = sub.add_parser("route", help="run the router alone over running llama-servers")
+    p.add_argument("urls", metavar="URL[@WEIGHT]", nargs="+")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    p.add_argument("--api-key-env", metavar="VAR", help="variable with the key clients must send")
+    p.add_argument("--upstream-key-env", metavar="VAR", help="variable with the servers' key")
+    p.add_argument("--max-queue", type=int, default=256, help="requests that may wait")
+    p.add_argument("--queue-timeout", type=float, default=30.0, help="seconds one may wait")
+    p.add_argument(
+        "--affinity",
+        action="store_true",
+        help="send the same conversation to the same server (prompt cache)",
+    )
+    p.set_defaults(handler=cmd_route)
+
     p = sub.add_parser("down", help="stop a fleet")
     p.add_argument("fleet", nargs="?", help="fleet name (default: the only one running)")
     p.set_defaults(handler=cmd_down)
@@ -1001,6 +1097,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llama-launcher: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head, less, ...: not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

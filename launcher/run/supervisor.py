@@ -32,6 +32,9 @@ from typing import Any
 import aiohttp
 
 from launcher.errors import LauncherError
+from launcher.gpu.sampler import GpuSampler
+from launcher.router.balancer import Member
+from launcher.router.server import Router, RouterConfig
 from launcher.run import fleet_state
 from launcher.run.fleet_state import FleetState, WorkerState
 from launcher.run.metrics import WorkerSampler
@@ -240,12 +243,18 @@ class Supervisor:
         layout: str = "",
         profile: str | None = None,
         health_timeout: float = HEALTH_TIMEOUT_S,
+        router: RouterConfig | None = None,
+        remote_members: list[Member] | None = None,
     ) -> None:
         self.fleet = fleet
         self.workers = [Worker(fleet, i, spec, echo) for i, spec in enumerate(specs)]
         self.say: Say = say or (lambda line: print(line, flush=True))
         self.health_timeout = health_timeout
-        self.router: Any = None  # the router issue runs its server here, in this event loop
+        self.router_config = router
+        self.remote_members = remote_members or []
+        self.router: Router | None = None
+        self._members: dict[str, Member] = {}
+        self._gpu_sampler: GpuSampler | None = None
         self.state = FleetState(
             fleet,
             os.getpid(),
@@ -294,9 +303,15 @@ class Supervisor:
             async with aiohttp.ClientSession() as session:
                 if not await self._start_all(session):
                     return 1
+                if self.router_config is not None:
+                    await self._start_router()
                 await self._watch(session)
             return 0
         finally:
+            if self.router is not None:
+                await self.router.stop()
+            if self._gpu_sampler is not None:
+                self._gpu_sampler.stop()
             await asyncio.gather(*(w.stop() for w in self.workers))
             for w in self.workers:
                 w.log.close()
@@ -329,6 +344,68 @@ class Supervisor:
             return False
         self.say(f"Fleet {self.fleet} is up in {time.monotonic() - started:.1f} s.")
         return True
+
+    async def _start_router(self) -> None:
+        """Serve the fleet's endpoint: every worker, plus the profile's remote members."""
+        assert self.router_config is not None
+        for w in self.workers:
+            self._members[w.id] = Member(
+                w.id,
+                w.state.url,
+                slots=max(w.state.slots_total, 1),
+                healthy=True,
+                cards=w.spec.cards,
+            )
+        cards = sorted({c for w in self.workers for c in w.spec.cards})
+        gauges = None
+        if cards:
+            from launcher.gpu.backend import open_backend
+
+            self._gpu_sampler = GpuSampler(open_backend(), cards, lambda samples, tick: None)
+            self._gpu_sampler.start()
+            gauges = self._gpu_gauges
+        self.router = Router(
+            [*self._members.values(), *self.remote_members], self.router_config, gauges
+        )
+        await self.router.start()
+        self.state.router = {
+            "url": self.router.url,
+            "host": self.router_config.host,
+            "port": self.router_config.port,
+            "members": [m.url for m in self.remote_members],
+        }
+        self.say(
+            f"Router for fleet {self.fleet} on {self.router.url} "
+            f"({len(self.router.members)} member(s))."
+        )
+        self._save()
+
+    def _gpu_gauges(self) -> list[tuple[str, dict[str, str], float]]:
+        """Per-card NVML readings for the router's /metrics."""
+        out: list[tuple[str, dict[str, str], float]] = []
+        if self._gpu_sampler is None:
+            return out
+        for index, s in sorted(self._gpu_sampler.latest.items()):
+            labels = {"gpu": str(index)}
+            readings = [
+                ("gpu_memory_used_bytes", s.memory_used_bytes),
+                ("gpu_pcie_rx_kib_s", s.pcie_rx_kib_s),
+                ("gpu_pcie_tx_kib_s", s.pcie_tx_kib_s),
+                ("gpu_power_watts", s.power_draw_w),
+                ("gpu_temperature_celsius", s.temperature_c),
+                ("gpu_busy_percent", s.gpu_busy_pct),
+            ]
+            if s.bandwidth_pct is not None:
+                kind = "dram" if s.dram_bandwidth_pct is not None else "memory_busy"
+                out.append(
+                    (
+                        "gpu_memory_bandwidth_percent",
+                        {**labels, "source": kind},
+                        float(s.bandwidth_pct),
+                    )
+                )
+            out += [(name, labels, float(v)) for name, v in readings if v is not None]
+        return out
 
     async def _until_healthy(
         self, w: Worker, session: aiohttp.ClientSession, started: float
@@ -417,6 +494,8 @@ class Supervisor:
             new = free_port({x.spec.port for x in self.workers}, w.spec.port + 1)
             self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
             w.set_port(new)
+            if w.id in self._members:
+                self._members[w.id].url = w.state.url
         await w.start()
         try:
             await w.wait_healthy(session, self.health_timeout, self.say)

@@ -1,0 +1,130 @@
+"""Which worker gets the next request: least busy by free slots, weighted by speed.
+
+Each member has slots (from its ``/slots``, refreshed by the health loop) and the router's own
+count of requests in flight on it. A request goes to the healthy member with the lowest
+``(in_flight + 1) / (slots x speed)``, where speed is the member's measured tokens/s per busy
+slot relative to the fastest (and the profile's ``weight``), so a slower card gets less. With
+affinity, a request whose prompt starts like an earlier one goes back to the same member if it
+has a free slot, so llama.cpp can reuse its prompt cache. When every slot is busy, requests
+wait in a bounded queue, first come first served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Member:
+    """A llama-server behind the router: a local worker or a remote box."""
+
+    name: str
+    url: str
+    weight: float = 1.0
+    api_key: str | None = None
+    slots: int = 1
+    healthy: bool = False
+    in_flight: int = 0
+    tok_s_per_slot: float = 0.0  # measured; 0 until known
+    requests: int = 0
+    errors: int = 0
+    tokens: int = 0
+    last_failure: float = 0.0
+    cards: tuple[int, ...] = field(default=())
+
+    @property
+    def free(self) -> int:
+        return max(self.slots - self.in_flight, 0)
+
+
+class QueueFull(Exception):
+    """The wait queue is at its bound."""
+
+
+class Balancer:
+    """Picks members; ``acquire`` waits (bounded, with a timeout) when all slots are busy."""
+
+    def __init__(self, members: list[Member], max_queue: int = 256, affinity: bool = False) -> None:
+        self.members = members
+        self.max_queue = max_queue
+        self.affinity = affinity
+        self.waiting = 0
+        self._changed = asyncio.Condition()
+        self._affinity: OrderedDict[str, str] = OrderedDict()
+
+    def _speed(self, m: Member) -> float:
+        known = [x.tok_s_per_slot for x in self.members if x.tok_s_per_slot > 0]
+        relative = m.tok_s_per_slot / max(known) if known and m.tok_s_per_slot > 0 else 1.0
+        return max(relative, 0.05) * m.weight
+
+    def pick(self, key: str | None = None, exclude: set[str] | None = None) -> Member | None:
+        """The member a request should go to now, or None if none has a free slot."""
+        candidates = [
+            m
+            for m in self.members
+            if m.healthy and m.free > 0 and (not exclude or m.name not in exclude)
+        ]
+        if not candidates:
+            return None
+        if key is not None and self.affinity:
+            name = self._affinity.get(key)
+            match = next((m for m in candidates if m.name == name), None)
+            if match is not None:
+                return match
+        best = min(candidates, key=lambda m: (m.in_flight + 1) / (m.slots * self._speed(m)))
+        if key is not None and self.affinity:
+            self._affinity[key] = best.name
+            self._affinity.move_to_end(key)
+            while len(self._affinity) > 4096:
+                self._affinity.popitem(last=False)
+        return best
+
+    async def acquire(
+        self, timeout: float, key: str | None = None, exclude: set[str] | None = None
+    ) -> Member:
+        """A member with a free slot, its in-flight count already raised.
+
+        Raises ``QueueFull`` when the queue is at its bound and ``TimeoutError`` after
+        ``timeout`` seconds of waiting.
+        """
+        member = self.pick(key, exclude)
+        if member is None:
+            if self.waiting >= self.max_queue:
+                raise QueueFull
+            self.waiting += 1
+            try:
+                deadline = time.monotonic() + timeout
+                async with self._changed:
+                    while (member := self.pick(key, exclude)) is None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise TimeoutError
+                        await asyncio.wait_for(self._changed.wait(), left)
+            finally:
+                self.waiting -= 1
+        member.in_flight += 1
+        member.requests += 1
+        return member
+
+    async def release(self, member: Member) -> None:
+        member.in_flight = max(member.in_flight - 1, 0)
+        await self.notify()
+
+    async def notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def affinity_key(body: dict[str, object]) -> str | None:
+    """A key for the start of a conversation: the first 512 characters of its prompt."""
+    prompt = body.get("prompt")
+    if prompt is None and isinstance(body.get("messages"), list):
+        messages = body["messages"]
+        prompt = repr(messages[:2]) if isinstance(messages, list) else None
+    if not isinstance(prompt, str) or not prompt:
+        return None
+    return hashlib.sha1(prompt[:512].encode()).hexdigest()

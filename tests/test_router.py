@@ -1,0 +1,297 @@
+"""The router in front of two real CPU llama-servers, and in front of a one-worker fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, run_cli, wait_healthy
+
+
+def start_server(
+    llama_server: Path, model: Path, log: Path, slots: int = 2, ctx: int = 1024
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        [
+            str(llama_server),
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            str(ctx * slots),
+            "-np",
+            str(slots),
+            "-t",
+            "1",
+            "--metrics",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    wait_healthy(url, proc)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_router(
+    urls: list[str], *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "route", *urls, "--port", str(port), *extra],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"router exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("router did not come up")
+
+
+def post(
+    url: str, body: object, key: str | None = None, timeout: float = 60
+) -> tuple[int, dict[str, str], bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def metrics(url: str, key: str | None = None) -> dict[str, float]:
+    req = urllib.request.Request(
+        f"{url}/metrics", headers={"Authorization": f"Bearer {key}"} if key else {}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+@pytest.fixture
+def two_servers(
+    llama_server: Path, model_factory: Callable[..., Path], tmp_path: Path
+) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    servers = [
+        start_server(llama_server, model_factory("llama"), tmp_path / f"s{i}.log") for i in range(2)
+    ]
+    yield servers
+    for proc, _ in servers:
+        stop(proc)
+
+
+def completion(n: int = 8) -> dict[str, object]:
+    return {"prompt": "Hello there", "n_predict": n, "ignore_eos": True}
+
+
+def test_requests_spread_and_stream_in_chunks(two_servers: list) -> None:  # type: ignore[type-arg]
+    router, url = start_router([u for _, u in two_servers])
+    try:
+        threads = [
+            threading.Thread(target=post, args=(f"{url}/completion", completion(24)))
+            for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        m = metrics(url)
+        assert m['llama_launcher_requests_total{worker="m0"}'] >= 1
+        assert m['llama_launcher_requests_total{worker="m1"}'] >= 1
+        assert m['llama_launcher_tokens_total{worker="all"}'] == 8 * 24
+        # a stream arrives in several pieces, as the worker sends them
+        req = urllib.request.Request(
+            f"{url}/completion",
+            data=json.dumps({**completion(20), "stream": True}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        events, reads = 0, 0
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert "text/event-stream" in resp.headers["Content-Type"]
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                reads += 1
+                events += chunk.count(b"data: ")
+        assert events >= 20 and reads > 3
+        status, _, body = post(
+            f"{url}/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": True},
+        )
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 4
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as resp:
+            assert json.load(resp)["data"]
+    finally:
+        router.terminate()
+        router.wait(10)
+
+
+def test_a_killed_worker_leaves_rotation(two_servers: list) -> None:  # type: ignore[type-arg]
+    router, url = start_router([u for _, u in two_servers])
+    results: list[int] = []
+    try:
+
+        def client() -> None:
+            for _ in range(6):
+                results.append(post(f"{url}/completion", completion(16))[0])
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        two_servers[0][0].send_signal(signal.SIGKILL)
+        for t in threads:
+            t.join()
+        # requests that were running on the killed worker may fail; later ones must not
+        time.sleep(1.0)
+        later = [post(f"{url}/completion", completion(8))[0] for _ in range(6)]
+        assert later == [200] * 6
+        m = metrics(url)
+        assert m['llama_launcher_worker_healthy{worker="m0"}'] == 0
+        assert m['llama_launcher_worker_healthy{worker="m1"}'] == 1
+    finally:
+        router.terminate()
+        router.wait(10)
+
+
+def test_api_key_is_enforced_but_not_on_health(two_servers: list) -> None:  # type: ignore[type-arg]
+    router, url = start_router(
+        [two_servers[0][1]], "--api-key-env", "ROUTER_KEY", env={"ROUTER_KEY": "s3cret"}
+    )
+    try:
+        assert post(f"{url}/completion", completion(2))[0] == 401
+        assert post(f"{url}/completion", completion(2), key="wrong")[0] == 401
+        assert post(f"{url}/completion", completion(2), key="s3cret")[0] == 200
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+            assert resp.status == 200
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{url}/metrics", timeout=5)
+        assert info.value.code == 401
+    finally:
+        router.terminate()
+        router.wait(10)
+    lan = run_cli("route", two_servers[0][1], "--host", "0.0.0.0", "--port", str(free_port()))
+    assert lan.returncode == 2
+    assert "reachable from the network" in lan.stderr and "--api-key-env" in lan.stderr
+
+
+def test_bad_json_gets_the_workers_answer(two_servers: list) -> None:  # type: ignore[type-arg]
+    direct = post(f"{two_servers[0][1]}/completion", b"{bad json")
+    router, url = start_router([two_servers[0][1]])
+    try:
+        via = post(f"{url}/completion", b"{bad json")
+        assert via[0] == direct[0] and via[0] >= 400
+        assert json.loads(via[2]) == json.loads(direct[2])
+    finally:
+        router.terminate()
+        router.wait(10)
+
+
+def test_queue_bound_gives_503(
+    llama_server: Path, model_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    proc, upstream = start_server(llama_server, model_factory("llama"), tmp_path / "s.log", slots=1)
+    router, url = start_router([upstream], "--max-queue", "1", "--queue-timeout", "60")
+    answers: list[tuple[int, dict[str, str]]] = []
+    try:
+
+        def long_request() -> None:
+            status, headers, _ = post(f"{url}/completion", completion(400), timeout=120)
+            answers.append((status, headers))
+
+        threads = [threading.Thread(target=long_request) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.3)  # one runs, one waits in the queue
+        status, headers, body = post(f"{url}/completion", completion(4))
+        assert status == 503 and headers.get("Retry-After") == "1"
+        assert b"queue is full" in body
+        for t in threads:
+            t.join()
+        assert [a[0] for a in answers] == [200, 200]
+        assert metrics(url)["llama_launcher_rejected_total"] == 1
+    finally:
+        router.terminate()
+        router.wait(10)
+        stop(proc)
+
+
+def test_a_single_worker_fleet_answers_on_the_router_port(
+    model_factory: Callable[..., Path], llama_server: Path, launcher_home: Path
+) -> None:
+    env = {"LLAMA_SERVER": str(llama_server), "LLAMA_LAUNCHER_HOME": str(launcher_home)}
+    port = free_port()
+    try:
+        up = run_cli(
+            "up",
+            str(model_factory("llama")),
+            "--layout",
+            "cpu:1",
+            "--users",
+            "2",
+            "--ctx",
+            "512",
+            "--port",
+            str(port),
+            "--detach",
+            env=env,
+            timeout=120,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        fleet = json.loads(run_cli("status", "--json", env=env).stdout)["fleets"][0]
+        assert fleet["router"]["url"] == f"http://127.0.0.1:{port}"
+        assert fleet["workers"][0]["port"] == port + 1
+        status, _, body = post(
+            f"http://127.0.0.1:{port}/v1/completions",
+            {"prompt": "Hi", "max_tokens": 5, "ignore_eos": True},
+        )
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 5
+    finally:
+        run_cli("down", env=env, timeout=60)
