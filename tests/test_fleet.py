@@ -281,3 +281,26 @@ def test_a_profile_whose_card_is_gone_is_reported(
     assert result.returncode == 2
     assert "uses card(s) GPU-gone that are not in this box" in result.stderr
     assert "--replan" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_router_port_in_use_is_one_sentence(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str]
+) -> None:
+    port = base_port()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        result = run_cli(
+            "up",
+            str(model_factory("llama")),
+            "--layout",
+            "cpu:1",
+            "--port",
+            str(port),
+            env=fleet_env,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"The router's port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert status(fleet_env)["fleets"] == []

@@ -283,7 +283,16 @@ class Supervisor:
                 f"{existing.supervisor_pid}); stop it with 'llama-launcher down "
                 f"{self.fleet}' or choose another name."
             )
+        if self.router_config is not None:
+            host, port = self.router_config.host, self.router_config.port
+            if not port_free(port, "0.0.0.0" if host in ("0.0.0.0", "::") else host):
+                raise LauncherError(
+                    f"The router's port {port} on {host} is in use; stop what "
+                    "uses it or choose another port with --port."
+                )
         taken = {w.spec.port for w in self.workers}
+        if self.router_config is not None:
+            taken.add(self.router_config.port)
         used: set[int] = set()
         for w in self.workers:
             if w.spec.port in used or not port_free(w.spec.port):
