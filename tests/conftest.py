@@ -107,6 +107,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_llama_server(
+    llama_server: Path, model: Path, log: Path, slots: int = 2, ctx: int = 1024
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A real llama-server on 127.0.0.1 (``slots`` x ``ctx``), healthy; returns it and its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(llama_server),
+                "-m",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-c",
+                str(ctx * slots),
+                "-np",
+                str(slots),
+                "-t",
+                "1",
+                "--metrics",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_healthy(url, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, url
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Poll ``url``/health until 200; fail with the log if the process dies or time runs out."""
     deadline = time.monotonic() + timeout

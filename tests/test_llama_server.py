@@ -3,54 +3,27 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_healthy
+from tests.conftest import start_llama_server, stop_process
 
 
 def generate(llama_server: Path, model: Path, log: Path, n_predict: int = 16) -> dict[str, object]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [
-        str(llama_server),
-        "-m",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-c",
-        "512",
-        "-np",
-        "1",
-        "-t",
-        "2",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_healthy(url, proc)
-            body = json.dumps({"prompt": "Hello", "n_predict": n_predict, "ignore_eos": True})
-            req = urllib.request.Request(
-                f"{url}/completion",
-                data=body.encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                result: dict[str, object] = json.load(resp)
-            return result
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    proc, url = start_llama_server(llama_server, model, log, slots=1, ctx=512)
+    try:
+        body = json.dumps({"prompt": "Hello", "n_predict": n_predict, "ignore_eos": True})
+        req = urllib.request.Request(
+            f"{url}/completion", data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            result: dict[str, object] = json.load(resp)
+        return result
+    finally:
+        stop_process(proc)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3moe", "gemma3"])

@@ -16,47 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, run_cli, wait_healthy
-
-
-def start_server(
-    llama_server: Path, model: Path, log: Path, slots: int = 2, ctx: int = 1024
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [
-            str(llama_server),
-            "-m",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-c",
-            str(ctx * slots),
-            "-np",
-            str(slots),
-            "-t",
-            "1",
-            "--metrics",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    wait_healthy(url, proc)
-    return proc, url
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from tests.conftest import free_port, run_cli, start_llama_server, stop_process
 
 
 def start_router(
@@ -119,11 +79,12 @@ def two_servers(
     llama_server: Path, model_factory: Callable[..., Path], tmp_path: Path
 ) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
     servers = [
-        start_server(llama_server, model_factory("llama"), tmp_path / f"s{i}.log") for i in range(2)
+        start_llama_server(llama_server, model_factory("llama"), tmp_path / f"s{i}.log")
+        for i in range(2)
     ]
     yield servers
     for proc, _ in servers:
-        stop(proc)
+        stop_process(proc)
 
 
 def completion(n: int = 8) -> dict[str, object]:
@@ -237,7 +198,9 @@ def test_bad_json_gets_the_workers_answer(two_servers: list) -> None:  # type: i
 def test_queue_bound_gives_503(
     llama_server: Path, model_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
-    proc, upstream = start_server(llama_server, model_factory("llama"), tmp_path / "s.log", slots=1)
+    proc, upstream = start_llama_server(
+        llama_server, model_factory("llama"), tmp_path / "s.log", slots=1
+    )
     router, url = start_router([upstream], "--max-queue", "1", "--queue-timeout", "60")
     answers: list[tuple[int, dict[str, str]]] = []
     try:
@@ -260,7 +223,7 @@ def test_queue_bound_gives_503(
     finally:
         router.terminate()
         router.wait(10)
-        stop(proc)
+        stop_process(proc)
 
 
 def test_a_single_worker_fleet_answers_on_the_router_port(

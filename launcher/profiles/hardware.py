@@ -22,25 +22,19 @@ Every error names the file, the key and what is allowed.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import paths
 from launcher.errors import LauncherError
 from launcher.gpu import catalog
 from launcher.gpu.card import DriverState, GpuCard, PairLink, PcieLink
 from launcher.gpu.host import HostInfo
 from launcher.gpu.inventory import Host, Inventory
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from launcher.profiles import store
 
 GIB = 1 << 30
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "hardware"
+KIND = "hardware"
 
 _TOP_KEYS = {"format", "name", "description", "hosts"}
 _HOST_KEYS = {"name", "ram_gb", "cpu_cores", "numa_nodes", "address", "cards", "nvlink"}
@@ -127,12 +121,7 @@ def parse_pcie(text: str) -> tuple[int, int] | None:
 
 def load_hardware_profile(path: Path) -> Inventory:
     """Read and validate a hardware profile; raises ``LauncherError`` naming file and key."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise LauncherError(f"{path} cannot be read ({err.strerror}); check the path.") from err
-    except tomllib.TOMLDecodeError as err:
-        raise LauncherError(f"{path} is not valid TOML ({err}); fix that line.") from err
+    data = store.read_toml(path)
     ctx = _Ctx(path)
     ctx.only(data, _TOP_KEYS, "")
     if data.get("format") != 1:
@@ -290,33 +279,14 @@ def _nvlink(ctx: _Ctx, raw: Any, key: str, n_cards: int) -> list[PairLink]:
 # --- finding and saving ---------------------------------------------------------------------
 
 
-def user_dir() -> Path:
-    return paths.config_dir() / "hardware"
-
-
 def resolve(spec: str) -> Path:
-    """A profile path from a path, or a name in the user's profiles, then the shipped examples."""
-    candidate = Path(spec).expanduser()
-    if candidate.is_file():
-        return candidate
-    looks_like_path = "/" in spec or spec.endswith(".toml")
-    if not looks_like_path:
-        for folder in (user_dir(), EXAMPLES_DIR):
-            if (folder / f"{spec}.toml").is_file():
-                return folder / f"{spec}.toml"
-    names = sorted({p.stem for d in (user_dir(), EXAMPLES_DIR) for p in d.glob("*.toml")})
-    raise LauncherError(
-        f"No hardware profile '{spec}': not a file, nor a name among {', '.join(names)}; give a "
-        "path or one of those names."
-    )
+    """A hardware profile from a path, or a name: the user's, then the shipped examples."""
+    return store.resolve(KIND, spec)
 
 
 def list_profiles() -> list[tuple[str, Path, str]]:
     """(name, path, origin) of every hardware profile, the user's first."""
-    out = []
-    for folder, origin in ((user_dir(), "user"), (EXAMPLES_DIR, "example")):
-        out += [(p.stem, p, origin) for p in sorted(folder.glob("*.toml"))]
-    return out
+    return store.list_profiles(KIND)
 
 
 def profile_toml(inventory: Inventory, name: str) -> dict[str, Any]:
@@ -389,23 +359,11 @@ def _nvlink_groups(links: tuple[PairLink, ...]) -> list[dict[str, Any]]:
 
 
 def save_profile(inventory: Inventory, name: str, *, force: bool = False) -> Path:
-    """Write this box as ``<config>/hardware/NAME.toml``; refuses to overwrite unless ``force``."""
+    """Write this box as the user's hardware profile NAME; refuses to overwrite unless ``force``."""
     import tomli_w
 
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
-        raise LauncherError(
-            f"'{name}' is not a usable profile name; use letters, digits, '.', '_' and '-'."
-        )
-    target = user_dir() / f"{name}.toml"
-    if target.exists() and not force:
-        raise LauncherError(
-            f"{target} already exists; choose another name or pass --force to replace it."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".toml.tmp")
-    tmp.write_text(
+    text = (
         f"# Hardware profile saved by llama-launcher from this box.\n"
         f"{tomli_w.dumps(profile_toml(inventory, name))}"
     )
-    tmp.replace(target)
-    return target
+    return store.write_new(KIND, name, text, force=force)

@@ -7,21 +7,15 @@ the file, the key and what is allowed; writing refuses to replace a file without
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import paths
 from launcher.errors import LauncherError
 from launcher.plan.workload import GOALS, KV_TYPES
+from launcher.profiles import store
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "launch"
+KIND = "launch"
 LAYOUT_PATTERN = re.compile(
     r"^(auto|per-card|pooled-layer|pooled-tensor|partial-offload|"
     r"groups:\d+|cpu:\d+)$"
@@ -199,12 +193,7 @@ class _Check:
 
 def load_launch_profile(path: Path) -> LaunchProfile:
     """Read and validate a launch profile."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise LauncherError(f"{path} cannot be read ({err.strerror}); check the path.") from err
-    except tomllib.TOMLDecodeError as err:
-        raise LauncherError(f"{path} is not valid TOML ({err}); fix that line.") from err
+    data = store.read_toml(path)
     c = _Check(path)
     c.keys(data, _TOP, "")
     if data.get("format") != 1:
@@ -305,47 +294,16 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def user_dir() -> Path:
-    return paths.config_dir() / "launch"
-
-
 def resolve(spec: str) -> Path:
-    """A launch profile from a path, or a name among the user's profiles, then the examples."""
-    candidate = Path(spec).expanduser()
-    if candidate.is_file():
-        return candidate
-    if "/" not in spec and not spec.endswith(".toml"):
-        for folder in (user_dir(), EXAMPLES_DIR):
-            if (folder / f"{spec}.toml").is_file():
-                return folder / f"{spec}.toml"
-    names = sorted({p.stem for d in (user_dir(), EXAMPLES_DIR) for p in d.glob("*.toml")})
-    raise LauncherError(
-        f"No launch profile '{spec}': not a file, nor a name among "
-        f"{', '.join(names) or 'no saved profiles'}; give a path or a name."
-    )
+    """A launch profile from a path, or a name: the user's, then the shipped examples."""
+    return store.resolve(KIND, spec)
 
 
 def list_profiles() -> list[tuple[str, Path, str]]:
-    out = []
-    for folder, origin in ((user_dir(), "user"), (EXAMPLES_DIR, "example")):
-        out += [(p.stem, p, origin) for p in sorted(folder.glob("*.toml"))]
-    return out
+    return store.list_profiles(KIND)
 
 
 def save_launch_profile(profile: LaunchProfile, *, force: bool = False) -> Path:
     import tomli_w
 
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", profile.name):
-        raise LauncherError(
-            f"'{profile.name}' is not a usable profile name; use letters, digits, '.', '_' and '-'."
-        )
-    target = user_dir() / f"{profile.name}.toml"
-    if target.exists() and not force:
-        raise LauncherError(
-            f"{target} already exists; choose another name or pass --force to replace it."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(profile.to_toml()))
-    tmp.replace(target)
-    return target
+    return store.write_new(KIND, profile.name, tomli_w.dumps(profile.to_toml()), force=force)
