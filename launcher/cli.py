@@ -609,7 +609,9 @@ def _router_setup(profile: LaunchProfile) -> tuple[RouterConfig | None, list[Mem
         )
         for i, m in enumerate(profile.members)
     ]
-    return RouterConfig(profile.router_host, profile.router_port, key), remote
+    return RouterConfig(
+        profile.router_host, profile.router_port, key, affinity=profile.affinity
+    ), remote
 
 
 def cmd_route(args: argparse.Namespace) -> int:

@@ -258,3 +258,75 @@ def test_a_single_worker_fleet_answers_on_the_router_port(
         assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 5
     finally:
         run_cli("down", env=env, timeout=60)
+
+
+def test_a_client_that_leaves_cancels_its_upstream_request(two_servers: list) -> None:  # type: ignore[type-arg]
+    upstream = two_servers[0][1]
+    router, url = start_router([upstream])
+    try:
+        req = urllib.request.Request(
+            f"{url}/completion",
+            data=json.dumps({**completion(100000), "stream": True}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        resp = urllib.request.urlopen(req, timeout=60)
+        assert resp.read1(65536).startswith(b"data: ")
+        busy = metrics(upstream)["llamacpp:requests_processing"]
+        assert busy == 1
+        resp.close()  # the client goes away mid-stream
+
+        def idle() -> bool:
+            return metrics(upstream)["llamacpp:requests_processing"] == 0
+
+        deadline = time.monotonic() + 10
+        while not idle() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert idle(), "the worker kept generating for a client that had gone"
+        predicted = metrics(upstream)["llamacpp:tokens_predicted_total"]
+        assert predicted < 100000
+    finally:
+        router.terminate()
+        router.wait(10)
+
+
+def test_fleet_router_with_a_remote_member_and_gpu_gauges(
+    two_servers: list,
+    model_factory: Callable[..., Path],
+    llama_server: Path,  # type: ignore[type-arg]
+    launcher_home: Path,
+    tmp_path: Path,
+) -> None:
+    from tests import gpu_boxes
+
+    backend = gpu_boxes.save(gpu_boxes.mixed_desktop_backend(), tmp_path / "box.json")
+    env = {
+        "LLAMA_SERVER": str(llama_server),
+        "LLAMA_LAUNCHER_HOME": str(launcher_home),
+        "LLAMA_LAUNCHER_GPU_BACKEND": backend,
+    }
+    port = free_port()
+    profile = tmp_path / "mixed.toml"
+    # per-card on the fixed 2-card box: the CPU build ignores the cards, the plan does not
+    profile.write_text(
+        f'format = 1\nname = "mixed"\nmodel = "{model_factory("llama")}"\n'
+        '[workload]\nusers = 2\nctx = 512\n[layout]\nkind = "per-card"\n'
+        f'[router]\nport = {port}\n[[router.members]]\nurl = "{two_servers[0][1]}"\n'
+        "weight = 0.5\n"
+    )
+    try:
+        up = run_cli("up", str(profile), "--detach", env=env, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        fleet = json.loads(run_cli("status", "--json", env=env).stdout)["fleets"][0]
+        assert fleet["router"]["members"] == [two_servers[0][1]]
+        for _ in range(6):
+            assert post(f"http://127.0.0.1:{port}/completion", completion(4))[0] == 200
+        time.sleep(1.5)  # one GPU sampler tick
+        m = metrics(f"http://127.0.0.1:{port}")
+        names = [k for k in m if k.startswith("llama_launcher_requests_total")]
+        assert len(names) == 4  # two workers, the remote member, and "all"
+        assert m['llama_launcher_requests_total{worker="all"}'] == 6
+        assert m['llama_launcher_gpu_memory_used_bytes{gpu="0"}'] == 2 * 2**30
+        assert m['llama_launcher_gpu_memory_bandwidth_percent{gpu="0",source="memory_busy"}'] == 70
+        assert m['llama_launcher_gpu_busy_percent{gpu="0"}'] == 90
+    finally:
+        run_cli("down", env=env, timeout=60)

@@ -80,7 +80,7 @@ _TOP = {
 _WORKLOAD = {"users", "ctx", "kv_type", "goal"}
 _LAYOUT = {"kind", "cards", "pci_bus_ids", "tensor_split"}
 _SERVER = {"flash_attn", "extra_args", "health_timeout_s"}
-_ROUTER = {"enabled", "host", "port", "api_key_env", "members"}
+_ROUTER = {"enabled", "host", "port", "api_key_env", "affinity", "members"}
 _MEMBER = {"url", "weight", "api_key_env"}
 
 
@@ -115,6 +115,7 @@ class LaunchProfile:
     router_host: str = "127.0.0.1"
     router_port: int = 8080
     api_key_env: str | None = None
+    affinity: bool = False
     members: list[RouterMember] = field(default_factory=list)
 
     def to_toml(self) -> dict[str, Any]:
@@ -148,6 +149,8 @@ class LaunchProfile:
         }
         if self.api_key_env:
             router["api_key_env"] = self.api_key_env
+        if self.affinity:
+            router["affinity"] = True
         if self.members:
             router["members"] = [
                 {k: v for k, v in vars(m).items() if v is not None} for m in self.members
@@ -262,6 +265,10 @@ def load_launch_profile(path: Path) -> LaunchProfile:
     if not isinstance(enabled, bool):
         raise c.fail("router.enabled", f"= {enabled!r}: must be true or false.")
     p.router_enabled = enabled
+    affinity = r.get("affinity", False)
+    if not isinstance(affinity, bool):
+        raise c.fail("router.affinity", f"= {affinity!r}: must be true or false.")
+    p.affinity = affinity
     p.router_host = c.typed(r, "host", str, "router.", "an address") or "127.0.0.1"
     port = r.get("port", 8080)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:

@@ -255,9 +255,9 @@ class Router:
             for labels, value in values:
                 text = ",".join(f'{k}="{v}"' for k, v in labels.items())
                 lines.append(
-                    f"llama_launcher_{name}{{{text}}} {value:g}"
+                    f"llama_launcher_{name}{{{text}}} {_number(value)}"
                     if text
-                    else f"llama_launcher_{name} {value:g}"
+                    else f"llama_launcher_{name} {_number(value)}"
                 )
 
         per = [({"worker": m.name}, m) for m in self.members]
@@ -396,6 +396,11 @@ class Router:
                 m.errors += 1
             m.tokens += _tokens_in(kept, streaming)
             return out, None
+
+
+def _number(value: float) -> str:
+    """A sample value at full precision (Prometheus reads any float)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _tokens_in(tail: bytes, streaming: bool) -> int:
