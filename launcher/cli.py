@@ -325,7 +325,31 @@ def _plan_json(result: Plan, inventory: Inventory) -> dict[str, object]:
     }
 
 
-def print_plan(result: Plan, inventory: Inventory, server_note: str) -> None:
+def _measured(result: Plan, inventory: Inventory) -> dict[str, tuple[float, str]]:
+    """Bench results of this box for the plan's layouts: measured or calibrated aggregates."""
+    from launcher.bench import results
+
+    cards = inventory.local.cards
+    runs = results.load(
+        results.hardware_key([c.uuid for c in cards], inventory.source),
+        results.model_key(result.spec),
+    )
+    out = {}
+    for r in result.layouts:
+        fixed = results.calibrated(
+            runs, r.layout.kind, result.workload.users, r.layout.throughput.aggregate_tok_s
+        )
+        if fixed is not None:
+            out[r.layout.kind] = fixed
+    return out
+
+
+def print_plan(
+    result: Plan,
+    inventory: Inventory,
+    server_note: str,
+    measured: dict[str, tuple[float, str]] | None = None,
+) -> None:
     spec = result.spec
     w = result.workload
     print(
@@ -346,6 +370,12 @@ def print_plan(result: Plan, inventory: Inventory, server_note: str) -> None:
             f"aggregate {t.aggregate_tok_s:.0f} tok/s, prompt {t.prompt_tok_s:.0f} tok/s"
         )
         print(f"   {r.reason}")
+        if measured and lay.kind in measured:
+            value, source = measured[lay.kind]
+            print(
+                f"   On this box: {value:.0f} tok/s for {w.users} user(s) ({source}, "
+                "from 'llama-launcher bench')."
+            )
         if lay.cards:
             print(
                 f"   {'card':>6} {'weights':>9} {'KV':>8} {'compute':>8} {'total':>8} "
@@ -378,10 +408,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     result = plan(
         spec, inventory, workload, server, args.layout, mmproj_bytes=mmproj, mmproj_path=args.mmproj
     )
+    measured = _measured(result, inventory)
     if args.json:
-        print(json.dumps(_plan_json(result, inventory), indent=2))
+        data = _plan_json(result, inventory)
+        for entry, r in zip(data["layouts"], result.layouts, strict=True):  # type: ignore[call-overload]
+            if r.layout.kind in measured:
+                value, source = measured[r.layout.kind]
+                entry["measured"] = {"aggregate_tok_s": round(value, 1), "source": source}
+        print(json.dumps(data, indent=2))
     else:
-        print_plan(result, inventory, note)
+        print_plan(result, inventory, note, measured)
     if args.verify:
         return _verify(result, args)
     return 0 if result.best is not None else 3
@@ -878,6 +914,94 @@ def cmd_systemd(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench ----------------------------------------------------------------------------------
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise LauncherError(f"{what} must be numbers separated by commas, e.g. 1,8,32.") from err
+    if not values or min(values) < 1:
+        raise LauncherError(f"{what} must be numbers of 1 or more, e.g. 1,8,32.")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from launcher.bench import results
+    from launcher.bench.compare import Bench, BenchRequest, plot, table
+    from launcher.gpu.backend import open_backend
+    from launcher.model.spec import read_model_spec
+    from launcher.profiles import launch
+
+    if args.target.endswith(".gguf"):
+        model = Path(args.target).expanduser()
+        default_layout = None
+    else:
+        profile = launch.load_launch_profile(launch.resolve(args.target))
+        model = Path(profile.model).expanduser()
+        default_layout = profile.layout
+    spec = read_model_spec(model)
+    inventory = _inventory(argparse.Namespace(hardware=None))
+    server, _ = _server_target(argparse.Namespace(llama_server=args.llama_server), inventory)
+    if server.path == "llama-server":
+        from launcher.run.server_binary import find_server
+
+        find_server(args.llama_server)
+    usable = [c for c in inventory.local.cards if c.usable]
+    if args.layouts:
+        layouts = tuple(k.strip() for k in args.layouts.split(",") if k.strip())
+    elif default_layout and default_layout != "auto":
+        layouts = (default_layout,)
+    else:
+        layouts = (
+            ("per-card", "pooled-layer")
+            if len(usable) > 1
+            else (("per-card",) if usable else ("cpu:1",))
+        )
+    request = BenchRequest(
+        layouts, _int_list(args.users, "--users"), args.tokens, args.prompt_tokens, args.ctx
+    )
+    backend = open_backend() if usable else None
+    bench = Bench(spec, inventory, server, request, backend, _say)
+    _say(
+        f"Bench of {spec.name}: layouts {', '.join(layouts)}; users "
+        f"{', '.join(map(str, request.users))}; {request.tokens} tokens after "
+        f"{request.prompt_tokens}-token prompts"
+    )
+    try:
+        asyncio.run(bench.run())
+    except KeyboardInterrupt:
+        bench.interrupted = True
+    finally:
+        if backend is not None:
+            backend.close()
+    runs = bench.runs
+    if runs:
+        saved = results.append(runs)
+        _say(f"Results kept in {saved}")
+    if bench.interrupted:
+        _say(f"Interrupted: {len(runs)} finished row(s) kept.")
+    data = {
+        "runs": [
+            {k: v for k, v in r.row().items() if k not in ("hardware_key", "model_key", "time")}
+            for r in runs
+        ]
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(table(runs))
+        if len({r.users for r in runs}) > 1:
+            print()
+            print(plot(runs))
+    return 130 if bench.interrupted else 0
+
+
 # --- the main job (until the TUI exists) ---------------------------------------------------
 
 
@@ -1070,6 +1194,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", metavar="VAR", help="variable holding a Bearer key")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_load)
+
+    p = sub.add_parser("bench", help="measure layouts on this box beside the prediction")
+    p.add_argument("target", metavar="MODEL.gguf|PROFILE")
+    p.add_argument(
+        "--layouts",
+        metavar="KIND,KIND",
+        help="layouts to run (default: per-card and pooled-layer, or the profile's)",
+    )
+    p.add_argument("--users", default="1,8,32", metavar="N,N", help="concurrencies (1,8,32)")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per request (128)")
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (512)")
+    p.add_argument("--ctx", type=int, help="context per user (default: what the run needs)")
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")
+    p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("systemd", help="write a systemd user unit that runs 'up PROFILE'")
     p.add_argument("profile", metavar="PROFILE")

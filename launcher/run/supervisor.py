@@ -245,12 +245,14 @@ class Supervisor:
         health_timeout: float = HEALTH_TIMEOUT_S,
         router: RouterConfig | None = None,
         remote_members: list[Member] | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.fleet = fleet
         self.workers = [Worker(fleet, i, spec, echo) for i, spec in enumerate(specs)]
         self.say: Say = say or (lambda line: print(line, flush=True))
         self.health_timeout = health_timeout
         self.router_config = router
+        self.handle_signals = handle_signals
         self.remote_members = remote_members or []
         self.router: Router | None = None
         self._members: dict[str, Member] = {}
@@ -266,7 +268,16 @@ class Supervisor:
             time.time(),
         )
         self._stop = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the fleet is serving, or has failed to start
         self._gpu: Any = None  # a GpuBackend, opened when a worker has cards
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for (Ctrl-C, SIGTERM or ``request_stop``)."""
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
 
     def _save(self) -> None:
         fleet_state.write_state(self.state)
@@ -303,9 +314,10 @@ class Supervisor:
 
     async def run(self) -> int:
         """Start the fleet, supervise it until stopped; 0 on a clean stop, 1 if it failed."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
         self._claim()
         self._save()
         try:
@@ -314,9 +326,11 @@ class Supervisor:
                     return 1
                 if self.router_config is not None:
                     await self._start_router()
+                self.ready.set()
                 await self._watch(session)
             return 0
         finally:
+            self.ready.set()
             if self.router is not None:
                 await self.router.stop()
             if self._gpu_sampler is not None:

@@ -1,0 +1,284 @@
+"""``bench``: run each layout on this box, load it through the router at each concurrency,
+and set the measurement beside the planner's prediction.
+
+For each layout: plan it, start its fleet (supervisor and router, in this process), run the
+closed-loop load at each concurrency, read the workers' own token counters and the cards'
+power during the run, stop the fleet. Ctrl-C stops the fleet cleanly and keeps the rows
+already measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from launcher.bench import results
+from launcher.bench.load import LoadSpec, run_load
+from launcher.bench.results import BenchRun
+from launcher.errors import LauncherError
+from launcher.gpu.backend import GpuBackend
+from launcher.gpu.card import GpuSample
+from launcher.gpu.inventory import Inventory
+from launcher.gpu.sampler import GpuSampler
+from launcher.model.spec import ModelSpec
+from launcher.plan.advisor import plan
+from launcher.plan.layouts import Layout, ServerTarget
+from launcher.plan.workload import Workload
+from launcher.router.server import RouterConfig
+from launcher.run.metrics import parse_prometheus
+from launcher.run.supervisor import Supervisor, WorkerSpec
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    layouts: tuple[str, ...]
+    users: tuple[int, ...]
+    tokens: int = 128
+    prompt_tokens: int = 512
+    ctx: int | None = None
+    requests_per_user: int = 2
+
+
+def _free_port() -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < 60000:
+            return port
+    raise LauncherError("No free port for the bench's router.")
+
+
+async def _server_tokens(session: aiohttp.ClientSession, urls: list[str]) -> int:
+    total = 0
+    for url in urls:
+        async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            total += int(parse_prometheus(await r.text()).get("llamacpp:tokens_predicted_total", 0))
+    return total
+
+
+class Bench:
+    """Runs a ``BenchRequest``; ``runs`` holds every finished row, even after Ctrl-C."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        inventory: Inventory,
+        server: ServerTarget,
+        request: BenchRequest,
+        backend: GpuBackend | None,
+        say: Say,
+    ) -> None:
+        self.spec = spec
+        self.inventory = inventory
+        self.server = server
+        self.request = request
+        self.backend = backend
+        self.say = say
+        self.runs: list[BenchRun] = []
+        self.interrupted = False
+        cards = inventory.local.cards
+        self.hardware_key = results.hardware_key([c.uuid for c in cards], inventory.source)
+        self.model_key = results.model_key(spec)
+        self.prices = {c.index: c.price_usd for c in cards if c.price_usd}
+
+    def _plan(self, kind: str, users: int) -> Layout:
+        ctx = self.request.ctx or min(
+            4096,
+            self.spec.training_context,
+            max(1024, self.request.prompt_tokens + self.request.tokens),
+        )
+        result = plan(self.spec, self.inventory, Workload(users=users, ctx=ctx), self.server, kind)
+        best = result.best
+        if best is None:
+            raise LauncherError(f"Layout {kind} does not fit here: {result.layouts[0].reason}")
+        return best.layout
+
+    async def run(self) -> list[BenchRun]:
+        """Every layout in turn. Ctrl-C cancels this task (asyncio.run does that): the fleet
+        running then is stopped cleanly, and ``runs`` keeps the rows measured so far."""
+        try:
+            for kind in self.request.layouts:
+                await self._layout(kind)
+        except asyncio.CancelledError:
+            self.interrupted = True
+            raise
+        return self.runs
+
+    async def _layout(self, kind: str) -> None:
+        top = max(self.request.users)
+        layout = self._plan(kind, top)
+        port = _free_port()
+        specs = [
+            WorkerSpec(p.argv, p.env, p.port - layout.processes[0].port + port + 1, p.cards)
+            for p in layout.processes
+        ]
+        specs = [dataclasses.replace(s, argv=_with_port(s.argv, s.port)) for s in specs]
+        log: list[str] = []
+        sup = Supervisor(
+            f"bench-{kind.replace(':', '')}",
+            specs,
+            say=log.append,
+            layout=kind,
+            model=str(self.spec.path),
+            router=RouterConfig(port=port, queue_timeout_s=600),
+            handle_signals=False,  # Ctrl-C cancels the bench, which stops this fleet
+        )
+        self.say(f"{kind}: starting {len(specs)} worker(s)")
+        task = asyncio.create_task(sup.run())
+        cards = sorted({c for p in layout.processes for c in p.cards})
+        try:
+            await sup.ready.wait()
+            if task.done() or sup.router is None:
+                await task
+                tail = "\n".join(f"    {line}" for line in log[-8:])
+                raise LauncherError(f"Layout {kind} did not start:\n{tail}")
+            for users in sorted(self.request.users):
+                await self._measure(kind, users, sup, [w.state.url for w in sup.workers], cards)
+        finally:
+            sup.request_stop()
+            await asyncio.shield(task)
+
+    async def _measure(
+        self, kind: str, users: int, sup: Supervisor, urls: list[str], cards: list[int]
+    ) -> None:
+        assert sup.router is not None
+        n = max(users * self.request.requests_per_user, 4)
+        self.say(f"{kind}: {users} user(s), {n} requests of {self.request.tokens} tokens")
+        powers: list[float] = []
+
+        def on_samples(samples: list[GpuSample], tick: float) -> None:
+            watts = [s.power_draw_w for s in samples if s.power_draw_w is not None]
+            if watts:
+                powers.append(sum(watts))
+
+        sampler = GpuSampler(self.backend, cards, on_samples) if self.backend and cards else None
+        async with aiohttp.ClientSession() as session:
+            before = await _server_tokens(session, urls)
+            if sampler:
+                sampler.start()
+            load_task = asyncio.create_task(
+                run_load(
+                    LoadSpec(
+                        (sup.router.url,), users, n, self.request.tokens, self.request.prompt_tokens
+                    )
+                )
+            )
+            try:
+                result = await load_task
+            except asyncio.CancelledError:
+                load_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await load_task
+                raise
+            finally:
+                if sampler:
+                    sampler.stop()
+            after = await _server_tokens(session, urls)
+        predicted = self._plan(kind, users).throughput.aggregate_tok_s
+        power = statistics.mean(powers) if powers else None
+        price = sum(self.prices.get(c, 0.0) for c in cards) or None
+        run = BenchRun(
+            layout=kind,
+            users=users,
+            requests=result.requests,
+            tokens=result.tokens,
+            aggregate_tok_s=result.aggregate_tok_s,
+            per_user_tok_s_p50=result.per_user_tok_s_p50,
+            ttft_ms_p50=result.ttft_ms_p50,
+            latency_ms_p50=result.latency_ms_p50,
+            latency_ms_p95=result.latency_ms_p95,
+            latency_ms_p99=result.latency_ms_p99,
+            errors=result.errors,
+            predicted_aggregate_tok_s=round(predicted, 1),
+            server_tokens=after - before,
+            power_w=round(power, 1) if power else None,
+            tok_s_per_w=round(result.aggregate_tok_s / power, 3) if power else None,
+            usd_per_tok_s=round(price / result.aggregate_tok_s, 2)
+            if price and result.aggregate_tok_s
+            else None,
+            hardware_key=self.hardware_key,
+            model_key=self.model_key,
+            time=time.time(),
+        )
+        self.runs.append(run)
+        self.say(
+            f"{kind}: {users} user(s): {run.aggregate_tok_s:.1f} tok/s "
+            f"(predicted {run.predicted_aggregate_tok_s:.1f}), {run.errors} errors"
+        )
+
+
+def _with_port(argv: tuple[str, ...], port: int) -> tuple[str, ...]:
+    out = list(argv)
+    out[out.index("--port") + 1] = str(port)
+    return tuple(out)
+
+
+def table(runs: list[BenchRun]) -> str:
+    """The comparison table: measured beside predicted, per layout and concurrency."""
+    head = (
+        f"{'layout':<16}{'users':>6}{'reqs':>6}{'tokens':>8}{'tok/s':>9}{'predicted':>10}"
+        f"{'ratio':>7}{'user p50':>9}{'ttft p50':>9}{'lat p50':>9}{'p95':>8}{'p99':>8}"
+        f"{'err':>5}{'tok/s/W':>9}{'$/tok/s':>9}"
+    )
+    lines = [head]
+    for r in runs:
+        ratio = (
+            r.aggregate_tok_s / r.predicted_aggregate_tok_s if r.predicted_aggregate_tok_s else 0
+        )
+        ttft = f"{r.ttft_ms_p50:.0f}" if r.ttft_ms_p50 is not None else "-"
+        per_w = f"{r.tok_s_per_w:.2f}" if r.tok_s_per_w is not None else "-"
+        usd = f"{r.usd_per_tok_s:.2f}" if r.usd_per_tok_s is not None else "-"
+        lines.append(
+            f"{r.layout:<16}{r.users:>6}{r.requests:>6}{r.tokens:>8}"
+            f"{r.aggregate_tok_s:>9.1f}{r.predicted_aggregate_tok_s:>10.1f}{ratio:>7.2f}"
+            f"{r.per_user_tok_s_p50:>9.1f}{ttft:>9}{r.latency_ms_p50:>9.0f}"
+            f"{r.latency_ms_p95:>8.0f}{r.latency_ms_p99:>8.0f}{r.errors:>5}{per_w:>9}"
+            f"{usd:>9}"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: list[BenchRun], width: int = 60, height: int = 12) -> str:
+    """Aggregate tokens/s against users, one mark per layout, in plain text."""
+    if not runs:
+        return ""
+    layouts = sorted({r.layout for r in runs})
+    marks = "*o+x#@%&"
+    users = sorted({r.users for r in runs})
+    top = max(r.aggregate_tok_s for r in runs) or 1.0
+    grid = [[" "] * width for _ in range(height)]
+    span = max(len(users) - 1, 1)
+    for i, layout in enumerate(layouts):
+        for r in runs:
+            if r.layout != layout:
+                continue
+            x = round(users.index(r.users) / span * (width - 1))
+            y = height - 1 - round(r.aggregate_tok_s / top * (height - 1))
+            grid[y][x] = marks[i % len(marks)]
+    lines = [f"{top:>9.0f} |" + "".join(grid[0])]
+    lines += ["          |" + "".join(row) for row in grid[1:-1]]
+    lines.append(f"{0:>9} |" + "".join(grid[-1]))
+    axis = [" "] * width
+    for u in users:
+        label = str(u)
+        x = min(round(users.index(u) / span * (width - 1)), width - len(label))
+        axis[x : x + len(label)] = label
+    lines.append("          +" + "-" * width)
+    lines.append("    users  " + "".join(axis))
+    lines.append(
+        "  "
+        + "   ".join(f"{marks[i % len(marks)]} {name}" for i, name in enumerate(layouts))
+        + "   (aggregate tok/s)"
+    )
+    return "\n".join(lines)
