@@ -304,3 +304,53 @@ def test_router_port_in_use_is_one_sentence(
     assert f"The router's port {port} on 127.0.0.1 is in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert status(fleet_env)["fleets"] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_foreground_fleet_stops_cleanly_and_logs_to_stdout(
+    sig: signal.Signals, model_factory: Callable[..., Path], fleet_env: dict[str, str]
+) -> None:
+    import subprocess
+    import sys
+
+    port = base_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launcher",
+            "up",
+            str(model_factory("llama")),
+            "--layout",
+            "cpu:1",
+            "--users",
+            "1",
+            "--ctx",
+            "512",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, **fleet_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: (
+                status(fleet_env)["fleets"] != [] and workers(fleet_env)[0]["state"] == "healthy"
+            ),
+            60,
+            "the fleet to be up",
+        )
+        pid = int(workers(fleet_env)[0]["pid"])  # type: ignore[arg-type]
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "[llama-tiny-1/w0] " in out  # worker logs on stdout, prefixed
+    assert "Fleet llama-tiny-1 stopped." in err
+    assert not pid_alive(pid)
+    assert status(fleet_env)["fleets"] == []
