@@ -1002,6 +1002,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 130 if bench.interrupted else 0
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    from launcher.tui.app import LauncherApp
+
+    LauncherApp().run()
+    return 0
+
+
 # --- the main job (until the TUI exists) ---------------------------------------------------
 
 
@@ -1194,6 +1201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", metavar="VAR", help="variable holding a Bearer key")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_load)
+
+    p = sub.add_parser("tui", help="open the terminal UI (hardware and a live dashboard)")
+    p.set_defaults(handler=cmd_tui)
 
     p = sub.add_parser("bench", help="measure layouts on this box beside the prediction")
     p.add_argument("target", metavar="MODEL.gguf|PROFILE")

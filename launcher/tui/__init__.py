@@ -1,0 +1,1 @@
+"""The Textual app. Nothing below ``tui/`` and ``cli.py`` imports Textual."""

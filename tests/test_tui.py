@@ -1,0 +1,82 @@
+"""The TUI driven with Pilot against fixed GPU boxes and fleet states (no GPU, no Textual
+outside tui/)."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable, Static, TabbedContent
+
+from launcher.gpu.host import HostInfo
+from launcher.run.fleet_state import FleetState, WorkerState
+from launcher.tui.app import LauncherApp
+from launcher.tui.services import Services
+from tests import gpu_boxes
+
+HOST = HostInfo("rig", 64 << 30, 60 << 30, 16)
+
+
+def services(backend: object, fleets: list[FleetState] | None = None) -> Services:
+    return Services(
+        gpu_backend=lambda: backend,
+        host=lambda: HOST,  # type: ignore[arg-type,return-value]
+        fleets=lambda: list(fleets or []),
+        sample_interval_s=0.05,
+    )
+
+
+def text(app: LauncherApp, selector: str) -> str:
+    return str(app.query_one(selector, Static).render())
+
+
+async def test_hardware_screen_lists_cards_and_findings() -> None:
+    app = LauncherApp(services(gpu_boxes.mixed_desktop_backend()))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause()
+        table = app.query_one("#cards", DataTable)
+        assert table.row_count == 2
+        row = table.get_row("1")
+        assert row[1] == "NVIDIA GeForce RTX 2060 SUPER"
+        assert "gen2 x1 / gen2 x1 ⚠" in row[3]  # slot limit marked
+        findings = text(app, "#findings")
+        assert "linked at x1 of x16 lanes" in findings and "drives a display" in findings
+        assert "shown" not in app.query_one("#banner").classes
+        assert "rig: 16 CPU threads" in text(app, "#host")
+
+
+async def test_no_gpu_shows_a_banner() -> None:
+    app = LauncherApp(services(gpu_boxes.no_driver_backend()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert "shown" in app.query_one("#banner").classes
+        assert "No NVIDIA GPU: no NVIDIA driver is installed" in text(app, "#banner")
+        assert app.query_one("#cards", DataTable).row_count == 0
+
+
+async def test_dashboard_shows_live_cards_and_workers() -> None:
+    fleet = FleetState(
+        "tiny",
+        1234,
+        {"url": "http://127.0.0.1:8080", "port": 8080},
+        [
+            WorkerState(
+                "tiny/w0", 1235, 8081, "http://127.0.0.1:8081", [0], "healthy", 0, 41.5, 1, 4
+            ),
+            WorkerState("tiny/w1", 1236, 8082, "http://127.0.0.1:8082", [1], "restarting", 2),
+        ],
+    )
+    app = LauncherApp(services(gpu_boxes.mixed_desktop_backend(), [fleet]))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("d")
+        assert app.query_one(TabbedContent).active == "dashboard"
+        await pilot.pause(0.3)
+        workers = app.query_one("#workers", DataTable)
+        assert workers.row_count == 2
+        first = workers.get_row_at(0)
+        assert first[:6] == ["tiny/w0", "healthy", "0", "0", "1/4", "41.5"]
+        assert workers.get_row_at(1)[1:4] == ["restarting", "1", "2"]
+        live = app.query_one("#live-cards", DataTable)
+        assert live.row_count == 2
+        assert "70%" in live.get_row_at(0)[2] and "mem busy" in live.get_row_at(0)[2]
+        endpoint = text(app, "#endpoint")
+        assert "tiny: http://127.0.0.1:8080" in endpoint and "41.5 tok/s" in endpoint
+        await pilot.press("h")
+        assert app.query_one(TabbedContent).active == "hardware"
