@@ -1005,11 +1005,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     from launcher.tui.app import LauncherApp
 
-    LauncherApp().run()
+    model = getattr(args, "model", None)
+    LauncherApp(model=Path(model).expanduser() if model else None).run()
     return 0
 
 
-# --- the main job (until the TUI exists) ---------------------------------------------------
+# --- the main job ---------------------------------------------------
+
+
+def cmd_main(args: argparse.Namespace) -> int:
+    """No command: the TUI on a terminal, else (piped, scripted) the printed overview."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return cmd_tui(args)
+    return cmd_overview(args)
 
 
 def cmd_overview(args: argparse.Namespace) -> int:
@@ -1045,7 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the llama-server binary to use (else $LLAMA_SERVER, the profile, "
         "PATH, then the cache)",
     )
-    parser.set_defaults(handler=cmd_overview)
+    parser.set_defaults(handler=cmd_main)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -1202,8 +1210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_load)
 
-    p = sub.add_parser("tui", help="open the terminal UI (hardware and a live dashboard)")
+    p = sub.add_parser("tui", help="open the terminal UI (what no command opens on a terminal)")
+    p.add_argument("--model", metavar="MODEL.gguf", help="open with this model chosen")
     p.set_defaults(handler=cmd_tui)
+
+    p = sub.add_parser("info", help="print this box and the llama-server that would run")
+    p.set_defaults(handler=cmd_overview)
 
     p = sub.add_parser("bench", help="measure layouts on this box beside the prediction")
     p.add_argument("target", metavar="MODEL.gguf|PROFILE")

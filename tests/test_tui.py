@@ -80,3 +80,92 @@ async def test_dashboard_shows_live_cards_and_workers() -> None:
         assert "tiny: http://127.0.0.1:8080" in endpoint and "41.5 tok/s" in endpoint
         await pilot.press("h")
         assert app.query_one(TabbedContent).active == "hardware"
+
+
+async def test_main_flow_on_a_real_cpu_server(
+    model_factory: object,
+    llama_server: object,
+    launcher_home: object,
+    monkeypatch: object,
+    tmp_path: object,
+) -> None:
+    """Pick a synthetic model, plan, launch cpu:2, send a request, see its tokens/s on the
+    dashboard, stop the fleet: no llama-server left."""
+    import json
+    import threading
+    import urllib.request
+    from pathlib import Path
+
+    from textual.widgets import Button, Input, Select
+
+    from launcher.run.fleet_state import pid_alive
+
+    monkeypatch.setenv("LLAMA_SERVER", str(llama_server))  # type: ignore[attr-defined]
+    model: Path = model_factory("llama")  # type: ignore[operator]
+    svc = services(gpu_boxes.no_driver_backend())
+    svc.fleets = Services().fleets
+    svc.start_fleet = Services().start_fleet
+    svc.stop_fleet = Services().stop_fleet
+    svc.server = Services().server
+    svc.models_dir = tmp_path  # type: ignore[assignment]
+    svc.sample_interval_s = 0.5
+    app = LauncherApp(svc)
+    async with app.run_test(size=(140, 45)) as pilot:
+        app.action_show("model")
+        await pilot.pause()
+        app.query_one("#model-path", Input).value = str(model)
+        app.query_one("#model-open", Button).press()
+        await pilot.pause()
+        app.action_show("plan")
+        await pilot.pause()
+        app.query_one("#plan-users", Input).value = "2"
+        app.query_one("#plan-ctx", Input).value = "512"
+        app.query_one("#plan-layout", Select).value = "cpu:2"
+        app.query_one("#plan-run", Button).press()
+        await pilot.pause()
+        await pilot.pause()
+        assert "2 workers (1/1 slots)" in str(app.query_one("#plan-detail").render())
+        assert not app.query_one("#plan-launch", Button).disabled
+        app.query_one("#plan-launch", Button).press()
+        await pilot.pause()
+        workers = app.query_one("#workers", DataTable)
+        for _ in range(240):
+            await pilot.pause(0.25)
+            if workers.row_count == 2 and all(
+                workers.get_row_at(i)[1] == "healthy" for i in range(2)
+            ):
+                break
+        assert workers.row_count == 2
+        fleet = app.fleets[0]
+        assert fleet.router is not None
+        pids = [w.pid for w in fleet.workers]
+
+        def request() -> None:
+            body = json.dumps({"prompt": "Hi", "n_predict": 1500, "ignore_eos": True}).encode()
+            req = urllib.request.Request(
+                f"{fleet.router['url']}/completion",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(req, timeout=120).read()
+
+        sender = threading.Thread(target=request)
+        sender.start()
+        seen = 0.0
+        for _ in range(80):
+            await pilot.pause(0.25)
+            rows = [workers.get_row_at(i) for i in range(workers.row_count)]
+            seen = max([seen] + [float(r[5]) for r in rows])
+            if seen > 0:
+                break
+        sender.join()
+        assert seen > 0, "the dashboard never showed tokens/s"
+        assert "Fleet total" in str(app.query_one("#endpoint").render())
+        app.query_one("#fleet-stop", Button).press()
+        await pilot.pause()
+        for _ in range(120):
+            await pilot.pause(0.25)
+            if not app.fleets:
+                break
+        assert not app.fleets
+    assert not any(pid_alive(p) for p in pids)

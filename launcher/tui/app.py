@@ -6,20 +6,37 @@ worker) and post messages that replace stale snapshots; widgets hold no handles.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import ClassVar
 
-from textual import work
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.screen import ModalScreen
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    Label,
+    RichLog,
+    Sparkline,
+    Static,
+    TabbedContent,
+    TabPane,
+)
 
 from launcher.gpu.card import GpuSample
 from launcher.gpu.findings import host_findings
 from launcher.gpu.inventory import Inventory, from_backend
 from launcher.gpu.sampler import GpuSampler
 from launcher.run.fleet_state import FleetState
+from launcher.tui.model_pane import ModelChosen, ModelPane
+from launcher.tui.plan_pane import LaunchRequested, PlanPane
+from launcher.tui.profiles_pane import ProfileLoaded, ProfilesPane
 from launcher.tui.services import Services
 
 GIB = 1 << 30
@@ -57,34 +74,56 @@ class LauncherApp(App[None]):
         Binding(
             "h", "show('hardware')", "Hardware", id="hardware", tooltip="Cards, links and findings"
         ),
+        Binding("m", "show('model')", "Model", id="model", tooltip="Pick a GGUF model"),
+        Binding("p", "show('plan')", "Plan", id="plan", tooltip="Rank layouts, launch one"),
         Binding(
             "d", "show('dashboard')", "Dashboard", id="dashboard", tooltip="Live cards and workers"
+        ),
+        Binding(
+            "f", "show('profiles')", "Profiles", id="profiles", tooltip="Saved and example profiles"
         ),
         Binding("q", "quit", "Quit", id="quit"),
     ]
 
-    def __init__(self, services: Services | None = None) -> None:
+    def __init__(self, services: Services | None = None, model: Path | None = None) -> None:
         super().__init__()
         self.services = services or Services()
+        self.initial_model = model
         self.backend = self.services.gpu_backend()
         self.inventory: Inventory = from_backend(self.backend, self.services.host())
         self._sampler: GpuSampler | None = None
+        self.launched: set[str] = set()  # fleets started from this TUI
+        self.fleets: list[FleetState] = []
+        self.history: dict[str, list[float]] = {}  # worker id -> recent tok/s
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
-        yield Static(id="banner")
         with TabbedContent(initial="hardware"):
             with TabPane("Hardware", id="hardware"), VerticalScroll():
+                yield Static(id="banner")
                 yield Static(id="host", classes="section-title")
                 yield DataTable(id="cards", cursor_type="row", zebra_stripes=True)
                 yield Static("Findings", classes="section-title")
                 yield Static(id="findings")
+            with TabPane("Model", id="model"):
+                yield ModelPane(
+                    self.services.models_dir, self.services.model_places, id="model-pane"
+                )
+            with TabPane("Plan", id="plan"):
+                yield PlanPane(self.inventory, self.services.server(), id="plan-pane")
             with TabPane("Dashboard", id="dashboard"), VerticalScroll():
                 yield Static("Cards", classes="section-title")
                 yield DataTable(id="live-cards", cursor_type="row")
                 yield Static("Workers", classes="section-title")
                 yield DataTable(id="workers", cursor_type="row")
+                yield Sparkline([], id="worker-spark")
                 yield Static(id="endpoint")
+                with Horizontal(classes="row"):
+                    yield Button("Restart worker", id="worker-restart")
+                    yield Button("Stop fleet", id="fleet-stop", variant="error")
+                yield RichLog(id="log-tail", max_lines=200)
+            with TabPane("Profiles", id="profiles"):
+                yield ProfilesPane(id="profiles-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -101,6 +140,8 @@ class LauncherApp(App[None]):
             self._sampler.start()
         self.set_interval(self.services.sample_interval_s, self.poll_fleets)
         self.poll_fleets()
+        if self.initial_model is not None:
+            self.query_one(ModelPane).open(self.initial_model)
 
     def _on_samples(self, samples: list[GpuSample], tick: float) -> None:
         self.post_message(GpuSamples(samples))  # from the sampler's thread
@@ -126,6 +167,7 @@ class LauncherApp(App[None]):
                 "profile, and cpu:N workers still run."
             )
             banner.add_class("shown")
+            self.sub_title = "no NVIDIA GPU"
         self.query_one("#host", Static).update(
             f"{host.name}: {info.cpu_cores} CPU threads, {info.ram_total_bytes / GIB:.1f} GiB "
             f"RAM ({info.ram_available_bytes / GIB:.1f} GiB available)"
@@ -176,7 +218,9 @@ class LauncherApp(App[None]):
     # -- dashboard ------------------------------------------------------------------------
 
     def on_gpu_samples(self, message: GpuSamples) -> None:
-        table = self.query_one("#live-cards", DataTable)
+        table = next(self.query("#live-cards").results(DataTable), None)
+        if table is None:  # the app is closing
+            return
         totals = {c.index: c.memory_total_bytes for c in self.inventory.local.cards}
         table.clear()
         for s in message.samples:
@@ -197,18 +241,148 @@ class LauncherApp(App[None]):
                 f"{s.power_draw_w:.0f} W" if s.power_draw_w is not None else "-",
             )
 
+    def _selected_worker(self) -> str | None:
+        table = self.query_one("#workers", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return str(key) if key is not None else None
+
+    def _worker(self, worker_id: str) -> tuple[FleetState, object] | None:
+        for f in self.fleets:
+            for w in f.workers:
+                if w.id == worker_id:
+                    return f, w
+        return None
+
+    def _tail(self, worker_id: str) -> None:
+        found = self._worker(worker_id)
+        if found is None:
+            return
+        path = getattr(found[1], "log", "")
+        log = self.query_one("#log-tail", RichLog)
+        log.clear()
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 4096))
+                lines = f.read().decode(errors="replace").splitlines()[-12:]
+        except OSError:
+            return
+        for line in lines:
+            log.write(line)
+
+    @on(Button.Pressed, "#worker-restart")
+    def restart_worker(self) -> None:
+        """Stop the selected worker; its supervisor restarts it (it counts as a restart)."""
+        import os
+        import signal
+
+        worker_id = self._selected_worker()
+        found = self._worker(worker_id) if worker_id else None
+        pid = getattr(found[1], "pid", None) if found else None
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+            self.notify(f"{worker_id}: restarting")
+
+    @on(Button.Pressed, "#fleet-stop")
+    def stop_selected_fleet(self) -> None:
+        worker_id = self._selected_worker()
+        if worker_id:
+            self.stop_fleets([worker_id.split("/")[0]])
+
+    @work(thread=True, group="stop")
+    def stop_fleets(self, names: list[str]) -> None:
+        for name in names:
+            self.services.stop_fleet(name)
+            self.launched.discard(name)
+        self.call_from_thread(self.notify, f"Stopped {', '.join(names)}")
+
+    # -- model, plan, profiles -----------------------------------------------------------
+
+    def on_model_chosen(self, message: ModelChosen) -> None:
+        pane = self.query_one(PlanPane)
+        pane.set_model(message.spec)
+        pane.run_plan()  # a model chosen shows its plan at once, with the default workload
+
+    def on_profile_loaded(self, message: ProfileLoaded) -> None:
+        self.query_one(ModelPane).open(message.model)
+        self.action_show("plan")
+
+    def on_launch_requested(self, message: LaunchRequested) -> None:
+        self.launch(message)
+
+    @work(thread=True, group="launch")
+    def launch(self, message: LaunchRequested) -> None:
+        from launcher.run.supervisor import free_port, port_free
+
+        name = message.spec.path.name.removesuffix(".gguf").split("-00001-of-")[0]
+        port = 8080 if port_free(8080) else free_port(set(), 18080)
+        argv = [
+            "up",
+            str(message.spec.path),
+            "--layout",
+            message.layout.kind,
+            "--users",
+            str(message.workload.users),
+            "--ctx",
+            str(message.workload.ctx),
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--daemon",
+        ]
+        self.call_from_thread(self.notify, f"Starting fleet {name} ({message.layout.kind})")
+        code = self.services.start_fleet(name, argv)
+        if code == 0:
+            self.launched.add(name)
+            self.call_from_thread(self.notify, f"Fleet {name} is up on http://127.0.0.1:{port}")
+            self.call_from_thread(self.action_show, "dashboard")
+        else:
+            self.call_from_thread(
+                self.notify, f"Fleet {name} did not start; see its log.", severity="error"
+            )
+
+    # -- quitting -------------------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        running = [f.name for f in self.fleets if f.name in self.launched]
+        if not running:
+            self.exit()
+            return
+
+        def answer(choice: str | None) -> None:
+            if choice == "stop":
+                for name in running:
+                    self.services.stop_fleet(name)
+                self.exit()
+            elif choice == "keep":
+                self.exit()
+
+        self.push_screen(QuitScreen(running), answer)
+
     @work(thread=True, exclusive=True, group="fleets")
     def poll_fleets(self) -> None:
         self.post_message(FleetSnapshot(self.services.fleets()))
 
     def on_fleet_snapshot(self, message: FleetSnapshot) -> None:
-        table = self.query_one("#workers", DataTable)
+        tables = self.query("#workers").results(DataTable)
+        table = next(tables, None)
+        if table is None:  # the app is closing; a late snapshot has nowhere to go
+            return
+        selected = self._selected_worker()
         table.clear()
+        self.fleets = message.fleets
         endpoints = []
         for f in message.fleets:
             if f.router:
                 endpoints.append(f"{f.name}: {f.router['url']}")
             for w in f.workers:
+                history = self.history.setdefault(w.id, [])
+                history.append(w.tok_s)
+                del history[:-60]
                 table.add_row(
                     w.id,
                     w.state,
@@ -217,9 +391,45 @@ class LauncherApp(App[None]):
                     f"{w.slots_busy}/{w.slots_total}",
                     f"{w.tok_s:.1f}",
                     w.url,
+                    key=w.id,
                 )
+        ids = {w.id for f in message.fleets for w in f.workers}
+        if selected is not None and selected in ids:
+            table.move_cursor(row=table.get_row_index(selected))
+        current = self._selected_worker()
+        spark = self.query_one("#worker-spark", Sparkline)
+        spark.data = self.history.get(current, []) if current else []
+        if current is not None:
+            self._tail(current)
         total = sum(w.tok_s for f in message.fleets for w in f.workers)
         self.query_one("#endpoint", Static).update(
             ("Endpoints: " + ", ".join(endpoints) if endpoints else "No fleet is running.")
             + (f"   Fleet total: {total:.1f} tok/s" if message.fleets else "")
         )
+
+
+class QuitScreen(ModalScreen[str]):
+    """Fleets started here are still running: stop them, leave them, or stay."""
+
+    DEFAULT_CSS = (
+        "QuitScreen { align: center middle; } QuitScreen > Vertical { width: 70; "
+        "height: auto; border: thick $warning; padding: 1 2; background: $surface; }"
+    )
+
+    def __init__(self, fleets: list[str]) -> None:
+        super().__init__()
+        self.fleets = fleets
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import Vertical
+
+        with Vertical():
+            yield Label(f"Fleets started here are still running: {', '.join(self.fleets)}.")
+            with Horizontal(classes="row"):
+                yield Button("Stop them and quit", id="stop", variant="error")
+                yield Button("Leave them running", id="keep", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    @on(Button.Pressed)
+    def _chosen(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id)

@@ -1,0 +1,112 @@
+"""The Profiles screen: hardware and launch profiles; load a launch profile, delete your own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Button, DataTable, Label, Static
+
+from launcher.errors import LauncherError
+from launcher.profiles import hardware, launch
+
+
+class ProfileLoaded(Message):
+    """A launch profile was loaded: its model goes to the Model and Plan screens."""
+
+    def __init__(self, model: Path) -> None:
+        super().__init__()
+        self.model = model
+
+
+class ConfirmDelete(ModalScreen[bool]):
+    DEFAULT_CSS = (
+        "ConfirmDelete { align: center middle; } ConfirmDelete > Vertical { "
+        "width: 70; height: auto; border: thick $error; padding: 1 2; background: $surface; }"
+    )
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"Delete {self.path}? This cannot be undone.")
+            with Horizontal(classes="row"):
+                yield Button("Delete", id="yes", variant="error")
+                yield Button("Keep it", id="no", variant="primary")
+
+    @on(Button.Pressed)
+    def _chosen(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class ProfilesPane(Widget):
+    DEFAULT_CSS = "ProfilesPane { height: auto; }"
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield DataTable(id="profiles-table", cursor_type="row")
+            with Horizontal(classes="row"):
+                yield Button("Load launch profile", id="profile-load", variant="primary")
+                yield Button("Delete", id="profile-delete", variant="error")
+            yield Static(id="profile-status")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#profiles-table", DataTable)
+        table.add_columns("kind", "name", "origin", "path")
+        self.refresh_list()
+
+    def refresh_list(self) -> None:
+        table = self.query_one("#profiles-table", DataTable)
+        table.clear()
+        for kind, items in (
+            ("launch", launch.list_profiles()),
+            ("hardware", hardware.list_profiles()),
+        ):
+            for name, path, origin in items:
+                table.add_row(kind, name, origin, str(path), key=f"{kind}:{path}")
+
+    def _selected(self) -> tuple[str, str, Path] | None:
+        table = self.query_one("#profiles-table", DataTable)
+        if table.row_count == 0:
+            return None
+        row = table.get_row_at(table.cursor_row)
+        return str(row[0]), str(row[2]), Path(str(row[3]))
+
+    @on(Button.Pressed, "#profile-load")
+    def _load(self) -> None:
+        chosen = self._selected()
+        status = self.query_one("#profile-status", Static)
+        if chosen is None or chosen[0] != "launch":
+            status.update("Pick a launch profile to load.")
+            return
+        try:
+            profile = launch.load_launch_profile(chosen[2])
+        except LauncherError as err:
+            status.update(str(err))
+            return
+        status.update(f"Loaded {profile.name}: {profile.model}")
+        self.post_message(ProfileLoaded(Path(profile.model).expanduser()))
+
+    @on(Button.Pressed, "#profile-delete")
+    def _delete(self) -> None:
+        chosen = self._selected()
+        status = self.query_one("#profile-status", Static)
+        if chosen is None or chosen[1] != "user":
+            status.update("Only your own profiles can be deleted; shipped examples stay.")
+            return
+        path = chosen[2]
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                path.unlink(missing_ok=True)
+                status.update(f"Deleted {path}")
+                self.refresh_list()
+
+        self.app.push_screen(ConfirmDelete(path), answer)
