@@ -169,3 +169,53 @@ async def test_main_flow_on_a_real_cpu_server(
                 break
         assert not app.fleets
     assert not any(pid_alive(p) for p in pids)
+
+
+async def test_plan_for_a_profile_reserve_a_card_and_edit_the_split(
+    model_factory: object, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from textual.widgets import Button, Input, Select
+
+    from launcher.plan.layouts import ServerTarget
+    from launcher.profiles import hardware
+
+    svc = services(gpu_boxes.four_h100_backend())
+    svc.server = lambda: ServerTarget("llama-server")
+    svc.models_dir = tmp_path  # type: ignore[assignment]
+    svc.model_places = lambda: []
+    model: Path = model_factory("llama", "8b", sparse=True)  # type: ignore[operator]
+    app = LauncherApp(svc, model=model)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.pause(0.3)
+        # reserve card 1: plans stop using it
+        cards = app.query_one("#cards", DataTable)
+        cards.move_cursor(row=1)
+        app.query_one("#card-reserve", Button).press()
+        await pilot.pause()
+        assert "[reserved]" in cards.get_row_at(1)[1]
+        assert app.inventory.local.cards[1].reserved
+        # plan for cards I don't own: the six risers profile
+        path = str(hardware.resolve("six-2060s-risers"))
+        app.query_one("#hardware-source", Select).value = path
+        await pilot.pause(0.2)
+        assert app.query_one("#cards", DataTable).row_count == 6
+        assert "Planning for hardware profile:six-2060s-risers" in str(
+            app.query_one("#banner").render()
+        )
+        app.action_show("plan")
+        app.query_one("#plan-users", Input).value = "12"
+        app.query_one("#plan-layout", Select).value = "pooled-layer"
+        app.query_one("#plan-run", Button).press()
+        await pilot.pause(0.2)
+        before = str(app.query_one("#plan-detail").render())
+        assert "card 5:" in before and "-sm layer -ts " in before
+        split = app.query_one("#plan-split", Input)
+        assert not split.disabled
+        split.value = "28,1,1,1,1,1"  # almost everything on card 0: it cannot hold it
+        await pilot.pause(0.2)
+        after = str(app.query_one("#plan-detail").render())
+        assert "(split edited)" in after and "-ts 28,1,1,1,1,1" in after
+        assert after != before
+        assert app.query_one("#plan-launch", Button).disabled  # card 0 would not fit

@@ -7,6 +7,7 @@ worker) and post messages that replace stale snapshots; widgets hold no handles.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,12 +24,14 @@ from textual.widgets import (
     Header,
     Label,
     RichLog,
+    Select,
     Sparkline,
     Static,
     TabbedContent,
     TabPane,
 )
 
+from launcher.errors import LauncherError
 from launcher.gpu.card import GpuSample
 from launcher.gpu.findings import host_findings
 from launcher.gpu.inventory import Inventory, from_backend
@@ -101,6 +104,14 @@ class LauncherApp(App[None]):
         with TabbedContent(initial="hardware"):
             with TabPane("Hardware", id="hardware"), VerticalScroll():
                 yield Static(id="banner")
+                with Horizontal(classes="row"):
+                    yield Select(
+                        self._hardware_choices(),
+                        value="this-box",
+                        allow_blank=False,
+                        id="hardware-source",
+                    )
+                    yield Button("Reserve / unreserve card", id="card-reserve")
                 yield Static(id="host", classes="section-title")
                 yield DataTable(id="cards", cursor_type="row", zebra_stripes=True)
                 yield Static("Findings", classes="section-title")
@@ -156,12 +167,57 @@ class LauncherApp(App[None]):
 
     # -- hardware -----------------------------------------------------------------------
 
+    def _hardware_choices(self) -> list[tuple[str, str]]:
+        from launcher.profiles import hardware
+
+        return [("This box", "this-box")] + [
+            (f"Profile: {name}", str(path)) for name, path, _ in hardware.list_profiles()
+        ]
+
+    @on(Select.Changed, "#hardware-source")
+    def _hardware_source(self, event: Select.Changed) -> None:
+        """Plan for cards you do not own: switch to a hardware profile, or back to this box."""
+        from launcher.profiles import hardware
+
+        if event.value == "this-box":
+            self.inventory = from_backend(self.backend, self.services.host())
+        else:
+            try:
+                self.inventory = hardware.load_hardware_profile(Path(str(event.value)))
+            except LauncherError as err:
+                self.notify(str(err), severity="error")
+                return
+        self._fill_hardware()
+        self.query_one(PlanPane).set_inventory(self.inventory)
+
+    @on(Button.Pressed, "#card-reserve")
+    def toggle_reserved(self) -> None:
+        """Mark the highlighted card reserved (no plan uses it), or free it again."""
+        table = self.query_one("#cards", DataTable)
+        if table.row_count == 0:
+            return
+        index = int(str(table.get_row_at(table.cursor_row)[0]))
+        host = self.inventory.local
+        cards = tuple(
+            dataclasses.replace(c, reserved=not c.reserved) if c.index == index else c
+            for c in host.cards
+        )
+        hosts = (dataclasses.replace(host, cards=cards), *self.inventory.hosts[1:])
+        self.inventory = dataclasses.replace(self.inventory, hosts=hosts)
+        self._fill_hardware()
+        table.move_cursor(row=index)
+        self.query_one(PlanPane).set_inventory(self.inventory)
+
     def _fill_hardware(self) -> None:
         inv = self.inventory
         host = inv.local
         info = host.info
         banner = self.query_one("#banner", Static)
-        if not inv.driver.available:
+        banner.remove_class("shown")
+        if inv.source != "nvml":
+            banner.update(f"Planning for hardware {inv.source}: these cards are not in this box.")
+            banner.add_class("shown")
+        elif not inv.driver.available:
             banner.update(
                 f"No NVIDIA GPU: {inv.driver.reason}. Plans can still use a hardware "
                 "profile, and cpu:N workers still run."
@@ -178,6 +234,7 @@ class LauncherApp(App[None]):
             )
         )
         table = self.query_one("#cards", DataTable)
+        table.clear(columns=True)
         table.add_columns(
             "GPU", "name", "VRAM used/total", "PCIe now / max", "mem bw", "NVLink", "temp", "power"
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from textual import on, work
@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets import Button, DirectoryTree, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from launcher.errors import LauncherError
@@ -37,10 +37,22 @@ def facts(spec: ModelSpec) -> str:
     )
 
 
+class GGUFTree(DirectoryTree):
+    """A file browser that shows folders and .gguf files only."""
+
+    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        return [
+            p for p in paths if not p.name.startswith(".") and (p.is_dir() or p.suffix == ".gguf")
+        ]
+
+
 class ModelPane(Widget):
     """Path input, found models, facts, and a button that writes a tiny synthetic model."""
 
-    DEFAULT_CSS = "ModelPane { height: auto; } ModelPane OptionList { height: 10; }"
+    DEFAULT_CSS = (
+        "ModelPane { height: auto; } ModelPane OptionList { height: 8; } "
+        "ModelPane DirectoryTree { height: 10; }"
+    )
 
     def __init__(
         self, models_dir: Path, places: Callable[[], list[tuple[str, Path]]], id: str | None = None
@@ -59,6 +71,10 @@ class ModelPane(Widget):
                 yield Button("Write a tiny synthetic model", id="model-make")
             yield Static("Found in the usual places", classes="section-title")
             yield OptionList(id="model-found")
+            yield Static(f"Browse {self.models_dir}", classes="section-title")
+            yield GGUFTree(
+                self.models_dir if self.models_dir.is_dir() else Path.home(), id="model-tree"
+            )
             yield Static(id="model-facts")
 
     def on_mount(self) -> None:
@@ -91,6 +107,10 @@ class ModelPane(Widget):
     def _picked(self, event: OptionList.OptionSelected) -> None:
         if event.option_id is not None:
             self.open(self.found[int(event.option_id)].path)
+
+    @on(DirectoryTree.FileSelected, "#model-tree")
+    def _browsed(self, event: DirectoryTree.FileSelected) -> None:
+        self.open(event.path)
 
     @on(Button.Pressed, "#model-open")
     @on(Input.Submitted, "#model-path")

@@ -39,6 +39,36 @@ def memory_bars(layout: Layout, width: int = 30) -> str:
     return "\n".join(lines)
 
 
+def with_split(spec: ModelSpec, layout: Layout, split: list[int], workload: Workload) -> Layout:
+    """``layout`` with a hand-made ``-ts``: memory per card recomputed, argv updated."""
+    import dataclasses
+
+    from launcher.plan import memory as mem
+    from launcher.plan.layouts import MIN_HEADROOM_BYTES
+
+    process = layout.processes[0]
+    cards, host = mem.layer_split_memory(
+        spec,
+        [(c.card, c.uuid, c.free_bytes) for c in layout.cards],
+        split,
+        workload.ctx,
+        process.slots,
+        workload.kv_type,
+    )
+    argv = list(process.argv)
+    argv[argv.index("-ts") + 1] = ",".join(map(str, split))
+    short = [c for c in cards if c.free_after_bytes < MIN_HEADROOM_BYTES]
+    problem = f"card {short[0].card} would not fit" if short else None
+    return dataclasses.replace(
+        layout,
+        cards=tuple(cards),
+        host_bytes=host,
+        tensor_split=tuple(split),
+        problem=problem,
+        processes=(dataclasses.replace(process, argv=tuple(argv)),),
+    )
+
+
 class LaunchRequested(Message):
     def __init__(self, spec: ModelSpec, layout: Layout, workload: Workload) -> None:
         super().__init__()
@@ -58,6 +88,7 @@ class PlanPane(Widget):
         self.server = server
         self.spec: ModelSpec | None = None
         self.result: Plan | None = None
+        self.edited: dict[int, Layout] = {}  # layouts whose tensor split the user changed
 
     def compose(self) -> ComposeResult:
         cards = max(1, len([c for c in self.inventory.local.cards if c.usable]))
@@ -85,12 +116,23 @@ class PlanPane(Widget):
                 )
                 yield Button("Plan", id="plan-run", variant="primary")
             yield OptionList(id="plan-layouts")
+            yield Input(
+                placeholder="tensor split (layers per card, e.g. 16,17): edit to see "
+                "the bars change",
+                id="plan-split",
+            )
             yield Static(id="plan-detail")
             with Horizontal(classes="row"):
                 yield Button("Launch", id="plan-launch", variant="success", disabled=True)
                 yield Input(placeholder="profile name", id="plan-profile-name")
                 yield Button("Save as profile", id="plan-save", disabled=True)
             yield Static(id="plan-status")
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        """Plan for other hardware (a profile) or this box again; re-plans if a model is set."""
+        self.inventory = inventory
+        if self.spec is not None:
+            self.run_plan()
 
     def set_model(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -117,6 +159,7 @@ class PlanPane(Widget):
             workload = self.workload()
             kind = str(self.query_one("#plan-layout", Select).value)
             self.result = plan(self.spec, self.inventory, workload, self.server, kind)
+            self.edited = {}
         except (LauncherError, ValueError) as err:
             self.query_one("#plan-status", Static).update(str(err))
             return
@@ -146,22 +189,52 @@ class PlanPane(Widget):
     def show(self, index: int) -> None:
         assert self.result is not None
         r = self.result.layouts[index]
+        layout = self.edited.get(index, r.layout)
+        split = self.query_one("#plan-split", Input)
+        split.disabled = not (layout.tensor_split and layout.kind.startswith("pooled-layer"))
+        with split.prevent(Input.Changed):
+            split.value = ",".join(map(str, layout.tensor_split))
+        self._show_layout(r.reason, layout)
+
+    def _show_layout(self, reason: str, layout: Layout) -> None:
         commands = "\n".join(
             f"$ {' '.join(f'{k}={v}' for k, v in p.env.items())} {' '.join(p.argv)}"
-            for p in r.layout.processes
+            for p in layout.processes
         )
         self.query_one("#plan-detail", Static).update(
-            f"{r.reason}\n{memory_bars(r.layout)}\n{commands}"
+            f"{reason}\n{memory_bars(layout)}\n{commands}"
         )
-        ok = r.layout.feasible
+        ok = layout.feasible
         self.query_one("#plan-launch", Button).disabled = not ok
         self.query_one("#plan-save", Button).disabled = not ok
+
+    @on(Input.Changed, "#plan-split")
+    def _split_changed(self, event: Input.Changed) -> None:
+        """Recompute the per-card memory for a hand-edited -ts, as the user types."""
+        if self.result is None or self.spec is None:
+            return
+        index = self.query_one("#plan-layouts", OptionList).highlighted or 0
+        base = self.result.layouts[index].layout
+        try:
+            split = [int(v) for v in event.value.split(",") if v.strip()]
+        except ValueError:
+            return
+        if len(split) != len(base.cards) or sum(split) != self.spec.n_layer + 1 or min(split) < 0:
+            self.query_one("#plan-status", Static).update(
+                f"A split needs {len(base.cards)} numbers adding up to {self.spec.n_layer + 1} "
+                "layers."
+            )
+            return
+        self.query_one("#plan-status", Static).update("")
+        layout = with_split(self.spec, base, split, self.workload())
+        self.edited[index] = layout
+        self._show_layout(self.result.layouts[index].reason + " (split edited)", layout)
 
     def selected(self) -> Layout | None:
         if self.result is None:
             return None
-        index = self.query_one("#plan-layouts", OptionList).highlighted
-        return self.result.layouts[index or 0].layout
+        index = self.query_one("#plan-layouts", OptionList).highlighted or 0
+        return self.edited.get(index, self.result.layouts[index].layout)
 
     @on(Button.Pressed, "#plan-launch")
     def _launch(self) -> None:
