@@ -219,3 +219,46 @@ async def test_plan_for_a_profile_reserve_a_card_and_edit_the_split(
         assert "(split edited)" in after and "-ts 28,1,1,1,1,1" in after
         assert after != before
         assert app.query_one("#plan-launch", Button).disabled  # card 0 would not fit
+
+
+async def test_profiles_load_and_delete_with_confirmation(
+    model_factory: object, launcher_home: object, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from textual.widgets import Button
+
+    from launcher.profiles import launch
+
+    model: Path = model_factory("llama")  # type: ignore[operator]
+    saved = launch.save_launch_profile(
+        launch.LaunchProfile(name="mine", model=str(model), layout="cpu:1")
+    )
+    svc = services(gpu_boxes.no_driver_backend())
+    svc.model_places = lambda: []
+    svc.models_dir = tmp_path  # type: ignore[assignment]
+    app = LauncherApp(svc)
+    async with app.run_test(size=(140, 40)) as pilot:
+        app.action_show("profiles")
+        await pilot.pause()
+        table = app.query_one("#profiles-table", DataTable)
+        assert table.get_row_at(0)[1:3] == ["mine", "user"]
+        table.move_cursor(row=0)
+        app.query_one("#profile-load", Button).press()
+        await pilot.pause(0.3)
+        assert app.query_one(TabbedContent).active == "plan"
+        assert str(model) in str(app.query_one("#plan-model").render())
+        app.action_show("profiles")
+        await pilot.pause()
+        table.move_cursor(row=0)
+        app.query_one("#profile-delete", Button).press()
+        await pilot.pause()
+        app.screen.query_one("#no", Button).press()  # keep it
+        await pilot.pause()
+        assert saved.exists()
+        app.query_one("#profile-delete", Button).press()
+        await pilot.pause()
+        app.screen.query_one("#yes", Button).press()
+        await pilot.pause()
+        assert not saved.exists()
+        assert table.get_row_at(0)[2] == "example"  # shipped examples cannot be deleted

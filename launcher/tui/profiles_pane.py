@@ -65,19 +65,24 @@ class ProfilesPane(Widget):
     def refresh_list(self) -> None:
         table = self.query_one("#profiles-table", DataTable)
         table.clear()
+        self.rows: dict[str, tuple[str, str, Path]] = {}
         for kind, items in (
             ("launch", launch.list_profiles()),
             ("hardware", hardware.list_profiles()),
         ):
             for name, path, origin in items:
-                table.add_row(kind, name, origin, str(path), key=f"{kind}:{path}")
+                # shipped examples live inside the package: show where, not the install path
+                shown = f"(shipped) {kind}/{path.name}" if origin == "example" else str(path)
+                key = f"{kind}:{path}"
+                self.rows[key] = (kind, origin, path)
+                table.add_row(kind, name, origin, shown, key=key)
 
     def _selected(self) -> tuple[str, str, Path] | None:
         table = self.query_one("#profiles-table", DataTable)
         if table.row_count == 0:
             return None
-        row = table.get_row_at(table.cursor_row)
-        return str(row[0]), str(row[2]), Path(str(row[3]))
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.rows.get(str(key))
 
     @on(Button.Pressed, "#profile-load")
     def _load(self) -> None:
