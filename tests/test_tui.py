@@ -262,3 +262,44 @@ async def test_profiles_load_and_delete_with_confirmation(
         await pilot.pause()
         assert not saved.exists()
         assert table.get_row_at(0)[2] == "example"  # shipped examples cannot be deleted
+
+
+async def test_quit_asks_about_fleets_started_here() -> None:
+    from textual.widgets import Button
+
+    fleet = FleetState("mine", 4321, None, [])
+    stopped: list[str] = []
+    svc = services(gpu_boxes.no_driver_backend(), [fleet])
+    svc.model_places = lambda: []
+    svc.stop_fleet = stopped.append
+    app = LauncherApp(svc)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause(0.2)
+        app.launched.add("mine")
+        await app.action_quit()
+        await pilot.pause()
+        app.screen.query_one("#cancel", Button).press()  # stay
+        await pilot.pause()
+        assert app.is_running and stopped == []
+        await app.action_quit()
+        await pilot.pause()
+        app.screen.query_one("#stop", Button).press()
+        await pilot.pause()
+    assert stopped == ["mine"]
+
+
+async def test_palette_offers_the_screens() -> None:
+    app = LauncherApp(services(gpu_boxes.no_driver_backend()))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {
+            "Show Hardware",
+            "Show Model",
+            "Show Plan",
+            "Show Dashboard",
+            "Show Profiles",
+        } <= set(titles)
+        next(c for c in app.get_system_commands(app.screen) if c.title == "Show Plan").callback()
+        await pilot.pause()
+        assert app.query_one(TabbedContent).active == "plan"

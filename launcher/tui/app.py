@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import (
     Button,
     DataTable,
@@ -161,6 +162,24 @@ class LauncherApp(App[None]):
         if self._sampler is not None:
             self._sampler.stop()
         self.backend.close()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """The palette (^p): the screens and the fleet actions, beside Textual's own."""
+        yield from super().get_system_commands(screen)
+        for tab, title, help_text in (
+            ("hardware", "Hardware", "Cards, PCIe links and findings"),
+            ("model", "Model", "Pick a GGUF model"),
+            ("plan", "Plan", "Rank the layouts and launch one"),
+            ("dashboard", "Dashboard", "Live cards and workers"),
+            ("profiles", "Profiles", "Saved and example profiles"),
+        ):
+            yield SystemCommand(f"Show {title}", help_text, lambda t=tab: self.action_show(t))
+        yield SystemCommand(
+            "Restart the selected worker", "Its supervisor starts it again", self.restart_worker
+        )
+        yield SystemCommand(
+            "Stop the selected worker's fleet", "SIGTERM, then SIGKILL", self.stop_selected_fleet
+        )
 
     def action_show(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
