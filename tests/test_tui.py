@@ -303,3 +303,48 @@ async def test_palette_offers_the_screens() -> None:
         next(c for c in app.get_system_commands(app.screen) if c.title == "Show Plan").callback()
         await pilot.pause()
         assert app.query_one(TabbedContent).active == "plan"
+
+
+async def test_plan_screen_plots_this_boxs_bench_results(
+    model_factory: object, launcher_home: object, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from launcher.bench import results
+    from launcher.bench.results import BenchRun
+    from launcher.model.spec import read_model_spec
+    from launcher.plan.layouts import ServerTarget
+
+    model: Path = model_factory("llama")  # type: ignore[operator]
+    key = results.model_key(read_model_spec(model))
+    results.append(
+        [
+            BenchRun(
+                "cpu:1",
+                u,
+                4,
+                64,
+                tok,
+                10,
+                1,
+                1,
+                1,
+                1,
+                0,
+                100,
+                64,
+                hardware_key="nvml",
+                model_key=key,
+            )
+            for u, tok in ((1, 120.0), (4, 300.0))
+        ]
+    )
+    svc = services(gpu_boxes.no_driver_backend())
+    svc.server = lambda: ServerTarget("llama-server")
+    svc.model_places = lambda: []
+    svc.models_dir = tmp_path  # type: ignore[assignment]
+    app = LauncherApp(svc, model=model)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.pause(0.3)
+        text = str(app.query_one("#plan-bench").render())
+        assert "Measured on this box" in text and "* cpu:1" in text and "300" in text

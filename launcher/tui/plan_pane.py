@@ -127,6 +127,7 @@ class PlanPane(Widget):
                 yield Input(placeholder="profile name", id="plan-profile-name")
                 yield Button("Save as profile", id="plan-save", disabled=True)
             yield Static(id="plan-status")
+            yield Static(id="plan-bench")
 
     def set_inventory(self, inventory: Inventory) -> None:
         """Plan for other hardware (a profile) or this box again; re-plans if a model is set."""
@@ -180,6 +181,24 @@ class PlanPane(Widget):
             self.show(0)
         advice = " ".join(self.result.advice)
         self.query_one("#plan-status", Static).update(advice)
+        self.query_one("#plan-bench", Static).update(self._bench_plot())
+
+    def _bench_plot(self) -> str:
+        """This box's bench results for the model: the plot of tok/s against users."""
+        from launcher.bench import results
+        from launcher.bench.compare import plot
+
+        if self.spec is None:
+            return ""
+        cards = self.inventory.local.cards
+        runs = results.load(
+            results.hardware_key([c.uuid for c in cards], self.inventory.source),
+            results.model_key(self.spec),
+        )
+        if not runs:
+            return "No bench results for this model here yet ('llama-launcher bench')."
+        latest = {(r.layout, r.users): r for r in sorted(runs, key=lambda r: r.time)}
+        return "Measured on this box:\n" + plot(list(latest.values()))
 
     @on(OptionList.OptionHighlighted, "#plan-layouts")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
