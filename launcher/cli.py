@@ -707,7 +707,7 @@ def _detach(args: argparse.Namespace, fleet: str) -> int:
     """Start the supervisor as a background daemon and wait until its fleet is up or failed."""
     from launcher.run import daemon
 
-    argv = [a for a in sys.argv[1:] if a != "--detach"] if args.argv is None else args.argv
+    argv = [a for a in args.raw_argv if a != "--detach"]
     return daemon.start_detached(fleet, [*argv, "--daemon"], _say)
 
 
@@ -1148,7 +1148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--detach", action="store_true", help="run the fleet in the background")
     p.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(handler=cmd_up, argv=None)
+    p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("route", help="run the router alone over running llama-servers")
     p.add_argument("urls", metavar="URL[@WEIGHT]", nargs="+")
@@ -1250,7 +1250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(argv) if argv is not None else sys.argv[1:]
+    args = parser.parse_args(raw)
+    args.raw_argv = raw  # `up --detach` starts the same command again as a daemon
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from launcher.errors import LauncherError
 from launcher.router.balancer import Balancer, Member, QueueFull, affinity_key
+from launcher.run.metrics import decoded_tokens
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HEALTH_INTERVAL_S = 0.5
@@ -173,12 +174,7 @@ class Router:
         """Tokens/s per busy slot, from how much ``n_decoded`` grew since the last check."""
         now = time.monotonic()
         busy = [s for s in slots if isinstance(s, dict) and s.get("is_processing")]
-        decoded = 0.0
-        for s in busy:
-            nxt = s.get("next_token")
-            nxt = nxt[0] if isinstance(nxt, list) and nxt else nxt
-            if isinstance(nxt, dict):
-                decoded += float(nxt.get("n_decoded", 0))
+        decoded = float(sum(decoded_tokens(s) for s in busy))
         prev = self._tok.get(m.name)
         self._tok[m.name] = (now, decoded)
         if prev and busy and decoded > prev[1] and now > prev[0]:
@@ -374,13 +370,16 @@ class Router:
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
             )
             streaming = "text/event-stream" in upstream.headers.get("Content-Type", "")
-            kept = b""
+            tail = b""  # the end of a stream carries the token count
+            whole: list[bytes] = []  # a plain answer is kept whole (it is small)
             try:
                 await out.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await out.write(chunk)
-                    # the end of a stream carries the token count; a plain answer is kept whole
-                    kept = (kept + chunk)[-4096:] if streaming else (kept + chunk)[-(4 << 20) :]
+                    if streaming:
+                        tail = (tail + chunk)[-4096:]
+                    else:
+                        whole.append(chunk)
                 await out.write_eof()
             except (ConnectionResetError, asyncio.CancelledError):
                 # the client went away: leaving this block closes the upstream connection, and
@@ -394,7 +393,7 @@ class Router:
                 return out, None
             if upstream.status >= 500:
                 m.errors += 1
-            m.tokens += _tokens_in(kept, streaming)
+            m.tokens += _tokens_in(tail if streaming else b"".join(whole), streaming)
             return out, None
 
 

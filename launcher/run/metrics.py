@@ -44,7 +44,8 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
-def _decoded(slot: dict[str, Any]) -> int:
+def decoded_tokens(slot: dict[str, Any]) -> int:
+    """Tokens a busy slot of ``/slots`` has decoded for its current request."""
     nxt = slot.get("next_token")
     if isinstance(nxt, list) and nxt:
         nxt = nxt[0]
@@ -81,7 +82,7 @@ class WorkerSampler:
             slots = []
         busy = [s for s in slots if isinstance(s, dict) and s.get("is_processing")]
         total = int(metrics.get("llamacpp:tokens_predicted_total", 0)) + sum(
-            _decoded(s) for s in busy
+            decoded_tokens(s) for s in busy
         )
         tok_s = 0.0
         if self._last is not None and now > self._last[0]:

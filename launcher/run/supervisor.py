@@ -125,7 +125,6 @@ class Worker:
         self.sampler = WorkerSampler(self.state.url)
         self.restart_times: list[float] = []
         self._pump: asyncio.Task[None] | None = None
-        self.stopping = False
 
     def set_port(self, port: int) -> None:
         argv = list(self.spec.argv)
@@ -212,7 +211,6 @@ class Worker:
                 await asyncio.wait_for(self._pump, 2)
 
     async def stop(self) -> None:
-        self.stopping = True
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
@@ -490,42 +488,51 @@ class Supervisor:
             w.state.vram_bytes = sum(b for _, b in used) if used else None
 
     async def _restart(self, w: Worker, session: aiohttp.ClientSession, code: int) -> None:
-        now = time.monotonic()
-        w.restart_times = [t for t in w.restart_times if now - t < RESTART_WINDOW_S]
-        await w._drain()
-        if len(w.restart_times) >= MAX_RESTARTS:
-            w.state.state = "failed"
+        """Start a crashed worker again after a back-off, until healthy or out of restarts."""
+        while True:
+            now = time.monotonic()
+            w.restart_times = [t for t in w.restart_times if now - t < RESTART_WINDOW_S]
+            await w._drain()
+            if len(w.restart_times) >= MAX_RESTARTS:
+                w.state.state = "failed"
+                w.state.message = (
+                    f"exited with code {code}; {MAX_RESTARTS} restarts in "
+                    f"{RESTART_WINDOW_S / 60:.0f} min, giving up"
+                )
+                self.say(f"{w.id} {w.state.message}. The end of its log:\n{w.last_lines()}")
+                self._save()
+                return
+            delay = min(30.0, 2.0 ** len(w.restart_times))
+            w.restart_times.append(now)
+            w.state.state = "restarting"
+            w.state.restarts += 1
             w.state.message = (
-                f"exited with code {code}; {MAX_RESTARTS} restarts in "
-                f"{RESTART_WINDOW_S / 60:.0f} min, giving up"
+                f"exited with code {code}; restart {w.state.restarts} in {delay:.0f} s"
             )
-            self.say(f"{w.id} {w.state.message}. The end of its log:\n{w.last_lines()}")
+            w.state.tok_s = 0.0
+            self.say(f"{w.id} {w.state.message}")
             self._save()
-            return
-        delay = min(30.0, 2.0 ** len(w.restart_times))
-        w.restart_times.append(now)
-        w.state.state = "restarting"
-        w.state.restarts += 1
-        w.state.message = f"exited with code {code}; restart {w.state.restarts} in {delay:.0f} s"
-        w.state.tok_s = 0.0
-        self.say(f"{w.id} {w.state.message}")
-        self._save()
-        await asyncio.sleep(delay)
-        if self._stop.is_set():
-            return
-        if not port_free(w.spec.port):
-            new = free_port({x.spec.port for x in self.workers}, w.spec.port + 1)
-            self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
-            w.set_port(new)
-            if w.id in self._members:
-                self._members[w.id].url = w.state.url
-        await w.start()
-        try:
-            await w.wait_healthy(session, self.health_timeout, self.say)
-        except LauncherError as err:
-            self.say(str(err))
-            w.state.state = "healthy"  # let the watcher see the exit and count it again
-            return
+            await asyncio.sleep(delay)
+            if self._stop.is_set():
+                return
+            if not port_free(w.spec.port):
+                new = free_port({x.spec.port for x in self.workers}, w.spec.port + 1)
+                self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
+                w.set_port(new)
+                if w.id in self._members:
+                    self._members[w.id].url = w.state.url
+            await w.start()
+            try:
+                await w.wait_healthy(session, self.health_timeout, self.say)
+                break
+            except LauncherError as err:
+                self.say(str(err))
+                proc = w.proc
+                if proc is not None and proc.returncode is None:  # hung while loading
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+                code = proc.returncode if proc is not None and proc.returncode is not None else -1
         w.state.state = "healthy"
         w.state.message = ""
         self.say(f"{w.id} is back and healthy (restart {w.state.restarts}).")
