@@ -108,6 +108,7 @@ class PlanPane(Widget):
                 yield Select(
                     [(g, g) for g in GOALS], value="throughput", id="plan-goal", allow_blank=False
                 )
+            with Horizontal(classes="row"):  # two rows: the whole form fits 80 columns
                 yield Select(
                     [(k, k) for k in LAYOUT_CHOICES],
                     value="auto",
