@@ -10,10 +10,11 @@ A tensor split runs its cards in parallel (the slowest sets the step) and pays t
 all-reduces per layer over its slowest link. Tokens/s = B / step(B). Prompt processing is
 compute bound, plus activation transfers over PCIe (which is where x1 risers hurt).
 
-The constants were fitted to the measured baseline in DESIGN.md (4x H100 SXM, synthetic
-Llama-3 8B and 70B), exactly on four points: 8B one card 249 tok/s single and 988 at 16 users;
-70B 38.2 single on one card and 79.8 with -sm tensor on 4. docs/planner.md shows every
-baseline row beside its prediction. Other cards scale with their memory bandwidth.
+EFFICIENCY, LAYER_S and FLOP_PER_BYTE are fitted exactly on three points of the measured
+baseline in DESIGN.md (4x H100 SXM, synthetic Llama-3): 8B one card 249 tok/s single and 988
+at 16 users, 70B one card 38.2 single. The tensor-split constants were refitted on this repo's
+4x H100 validation run (docs/validation/2026-11-27-h100x4-planner.md). docs/planner.md shows
+every baseline row beside its prediction. Other cards scale with their memory bandwidth.
 """
 
 from __future__ import annotations
