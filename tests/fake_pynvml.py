@@ -6,6 +6,7 @@ Only what ``launcher/gpu/nvml.py`` calls is here. Behaviour follows nvidia-ml-py
 
 from __future__ import annotations
 
+import time
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,6 +222,7 @@ def make_module(
     api("nvmlDeviceGetP2PStatus")(p2p)
 
     counter = {"n": 0}
+    freed: set[int] = set()
 
     def gpm_support(h: int) -> Any:
         return types.SimpleNamespace(isSupportedDevice=1 if card(h).gpm else 0)
@@ -232,8 +234,23 @@ def make_module(
         return types.SimpleNamespace(id=counter["n"], card=None)
 
     m.nvmlGpmSampleAlloc = lambda: sample_alloc()  # type: ignore[attr-defined]
-    api("nvmlGpmSampleGet")(lambda h, s: setattr(s, "card", h) or s)
-    m.nvmlGpmSampleFree = lambda s: None  # type: ignore[attr-defined]
+
+    def sample_get(h: int, s: Any) -> Any:
+        time.sleep(0.002 * (s.id % 3))  # readings of one card finish out of order
+        s.card = h
+        return s
+
+    api("nvmlGpmSampleGet")(sample_get)
+
+    def sample_free(s: Any) -> None:
+        # the real call frees a C buffer: a second free of one sample crashes the process
+        if s.id in freed:
+            raise AssertionError(f"GPM sample {s.id} freed twice")
+        time.sleep(0.001)  # widen the window a racing reader would hit
+        freed.add(s.id)
+
+    m.nvmlGpmSampleFree = sample_free  # type: ignore[attr-defined]
+    m.gpm_freed = freed  # type: ignore[attr-defined]
 
     class MetricsGet:
         def __init__(self) -> None:
@@ -244,6 +261,9 @@ def make_module(
             self.metrics = [types.SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0)]
 
     def metrics_get(q: MetricsGet) -> MetricsGet:
+        time.sleep(0.001 * (q.sample2.id % 2))
+        if q.sample1.id in freed or q.sample2.id in freed:
+            raise AssertionError("GPM metrics read from a freed sample")
         q.metrics[0].value = card(q.sample2.card).dram_bw
         return q
 

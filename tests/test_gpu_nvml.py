@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -129,6 +130,19 @@ def test_live_sample(install_fake) -> None:  # type: ignore[no-untyped-def]
     second = backend.sample(0)
     assert second.dram_bandwidth_pct == 42.5
     assert (second.bandwidth_pct, second.bandwidth_label) == (42.5, "DRAM bw")
+
+
+def test_one_card_read_from_many_threads_frees_each_gpm_sample_once(  # type: ignore[no-untyped-def]
+    install_fake,
+) -> None:
+    # A bench on 4x H100 crashed (SIGSEGV) when two readings of one card overlapped.
+    module = install_fake([FakeCard()])
+    backend = NvmlBackend()
+    with ThreadPoolExecutor(8) as pool:
+        samples = list(pool.map(lambda _: backend.sample(0), range(1500)))
+    assert all(s.error is None for s in samples)
+    assert len(module.gpm_freed) >= 1499 - 8  # every earlier sample freed, none twice
+    backend.close()
 
 
 def test_without_gpm_bandwidth_is_memory_busy(install_fake) -> None:  # type: ignore[no-untyped-def]

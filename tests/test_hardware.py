@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,27 @@ def test_sampler_survives_a_failing_card() -> None:
     with GpuSampler(backend, [0, 1], on_samples, interval_s=0.05):
         assert got.wait(10)
     assert seen[0][1].error == "sample failed: driver hiccup" and seen[0][0].error is None
+
+
+def test_sampler_never_reads_one_card_twice_at_once() -> None:
+    # a card slower than the tick is skipped until its reading comes back
+    busy: dict[int, int] = {0: 0, 1: 0}
+    most = {0: 0, 1: 0}
+    lock = threading.Lock()
+
+    class Slow(FixedBackend):
+        def sample(self, index: int) -> GpuSample:
+            with lock:
+                busy[index] += 1
+                most[index] = max(most[index], busy[index])
+            time.sleep(0.25 if index == 1 else 0.001)
+            with lock:
+                busy[index] -= 1
+            return super().sample(index)
+
+    backend = Slow(gpu_boxes.four_h100_backend().cards())
+    ticks: list[list[int]] = []
+    with GpuSampler(backend, [0, 1], lambda s, t: ticks.append([x.index for x in s]), 0.02):
+        time.sleep(0.6)
+    assert most == {0: 1, 1: 1}
+    assert len(ticks) >= 5 and sum(1 in t for t in ticks) <= 4  # card 1 every ~0.25 s

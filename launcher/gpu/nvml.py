@@ -87,6 +87,9 @@ class NvmlBackend:
         self._topology: list[PairLink] | None = None
         self._gpm_supported: dict[int, bool] = {}
         self._gpm_prev: dict[int, Any] = {}
+        # GPM samples are C buffers freed here: two readers of one card at once (a slow tick
+        # overlapping the next, or a sampler stopping as the next starts) would free one twice.
+        self._gpm_lock = threading.Lock()
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -145,9 +148,10 @@ class NvmlBackend:
     def close(self) -> None:
         with self._lock:
             if self._nvml is not None:
-                for sample in self._gpm_prev.values():
-                    self._opt(self._nvml.nvmlGpmSampleFree, sample)
-                self._gpm_prev.clear()
+                with self._gpm_lock:
+                    for sample in self._gpm_prev.values():
+                        self._opt(self._nvml.nvmlGpmSampleFree, sample)
+                    self._gpm_prev.clear()
                 with contextlib.suppress(Exception):
                     self._nvml.nvmlShutdown()
             self._nvml = None
@@ -360,6 +364,10 @@ class NvmlBackend:
 
     def _dram_bandwidth(self, index: int, h: Any) -> float | None:
         """DRAM bandwidth use in % between this call and the previous one (GPM, Hopper+)."""
+        with self._gpm_lock:
+            return self._dram_bandwidth_locked(index, h)
+
+    def _dram_bandwidth_locked(self, index: int, h: Any) -> float | None:
         n = self._nvml
         if index not in self._gpm_supported:
             support = self._opt(n.nvmlGpmQueryDeviceSupport, h)

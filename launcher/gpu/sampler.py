@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from launcher.gpu.backend import GpuBackend
 from launcher.gpu.card import GpuSample
@@ -41,6 +41,7 @@ class GpuSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gpu-sampler", daemon=True)
         self.latest: dict[int, GpuSample] = {}
+        self._pending: dict[int, Future[GpuSample]] = {}
 
     def start(self) -> GpuSampler:
         self._thread.start()
@@ -61,8 +62,13 @@ class GpuSampler:
     def _run(self) -> None:
         tick = time.monotonic()
         while not self._stop.is_set():
-            futures = [self._pool.submit(self._read, i) for i in self.indices]
-            done, _ = wait(futures, timeout=self.interval_s)
+            # A card whose last reading has not come back yet is not asked again this tick.
+            for i in self.indices:
+                if i not in self._pending or self._pending[i].done():
+                    self._pending[i] = self._pool.submit(self._read, i)
+            done, _ = wait(list(self._pending.values()), timeout=self.interval_s)
+            for i in [i for i, f in self._pending.items() if f in done]:
+                del self._pending[i]
             samples = [f.result() for f in done]
             samples.sort(key=lambda s: s.index)
             for s in samples:
