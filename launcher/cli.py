@@ -336,8 +336,14 @@ def _measured(result: Plan, inventory: Inventory) -> dict[str, tuple[float, str]
     )
     out = {}
     for r in result.layouts:
+        t = r.layout.throughput
         fixed = results.calibrated(
-            runs, r.layout.kind, result.workload.users, r.layout.throughput.aggregate_tok_s
+            runs,
+            r.layout.kind,
+            result.workload.users,
+            t.aggregate_tok_s,
+            t.prompt_tok_s,
+            len(r.layout.processes),
         )
         if fixed is not None:
             out[r.layout.kind] = fixed
@@ -980,15 +986,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             backend.close()
     runs = bench.runs
     if runs:
-        saved = results.append(runs)
-        _say(f"Results kept in {saved}")
+        _say(f"Results kept in {results.results_path()}")
     if bench.interrupted:
         _say(f"Interrupted: {len(runs)} finished row(s) kept.")
+    checks = results.holdout_check(runs)
     data = {
         "runs": [
             {k: v for k, v in r.row().items() if k not in ("hardware_key", "model_key", "time")}
             for r in runs
-        ]
+        ],
+        "calibration_check": [c.row() for c in checks],
     }
     if args.out:
         Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
@@ -999,6 +1006,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if len({r.users for r in runs}) > 1:
             print()
             print(plot(runs))
+        if checks:
+            print("\nCalibration check (each inner point predicted from the others):")
+            for c in checks:
+                print(f"  {c.line()}")
     return 130 if bench.interrupted else 0
 
 

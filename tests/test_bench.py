@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,10 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 
 from launcher.bench import results
 from launcher.bench.compare import plot, table
 from launcher.bench.results import BenchRun
+from launcher.plan.perf import served_tok_s
 from tests.conftest import run_cli
 
 
@@ -76,7 +79,8 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
             "latency_ms_p99",
         ):
             assert key in r
-    assert json.loads(out.read_text()) == {"runs": runs}
+    assert json.loads(out.read_text()) == json.loads(result.stdout)
+    assert json.loads(result.stdout)["calibration_check"] == []  # two points: no inner one
     stored = (launcher_home / "state/bench/results.jsonl").read_text().splitlines()
     assert len(stored) == 4
     assert not servers_of(model)
@@ -90,7 +94,10 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
         "2",
         env=bench_env(llama_server, launcher_home),
     )
-    assert "tok/s for 2 user(s) (measured, from 'llama-launcher bench')" in shown.stdout
+    assert (
+        "tok/s for 2 user(s) (measured, 32-token prompts, 16-token answers, from "
+        "'llama-launcher bench')" in shown.stdout
+    )
 
 
 def test_ctrl_c_keeps_the_finished_rows(
@@ -133,6 +140,8 @@ def test_ctrl_c_keeps_the_finished_rows(
     assert "Interrupted:" in stderr and "finished row(s) kept" in stderr
     rows = json.loads(out.read_text())["runs"]
     assert 1 <= len(rows) < 6 and rows[0]["layout"] == "cpu:1" and rows[0]["users"] == 1
+    stored = (launcher_home / "state/bench/results.jsonl").read_text().splitlines()
+    assert len(stored) == len(rows)
     time.sleep(0.5)
     assert not servers_of(model)
 
@@ -152,6 +161,48 @@ def test_calibration_is_checked_on_a_point_it_was_not_fitted_on() -> None:
     assert abs(value - 1000 * truth[16]) < 1e-6 and source.startswith("calibrated")
     assert results.calibrated(runs, "per-card", 64, 1000) == (1000 * truth[64], "measured")
     assert results.calibrated(runs, "pooled-layer", 16, 1000) is None
+
+
+def test_calibration_interpolates_between_measured_points_and_is_flat_beyond() -> None:
+    runs = [_run("pooled-layer", u, r * 1000, 1000) for u, r in ((1, 0.9), (4, 0.7), (64, 0.8))]
+    fix = results.correction(runs, "pooled-layer")
+    assert fix is not None and fix.points == (1, 4, 64)
+    assert fix.factor(2) == pytest.approx(0.8)  # halfway between 1 and 4 in ln(users)
+    assert fix.factor(16) == pytest.approx(0.75)
+    assert fix.factor(128) == pytest.approx(0.8) and fix.factor(1) == pytest.approx(0.9)
+
+
+def test_holdout_check_predicts_each_inner_point_from_the_others() -> None:
+    runs = [_run("per-card", u, r * 1000, 1000) for u, r in ((1, 0.9), (16, 0.6), (64, 0.7))]
+    runs.append(_run("pooled-layer", 1, 100, 100))
+    [check] = results.holdout_check(runs)  # the ends are never held out
+    assert (check.layout, check.users, check.fitted_on) == ("per-card", 16, (1, 64))
+    assert check.calibrated == pytest.approx(1000 * (0.9 - 0.2 * 4 / 6))
+    assert check.error_pct == pytest.approx((0.9 - 0.2 * 4 / 6) / 0.6 * 100 - 100)
+    assert check.uncalibrated_error_pct == pytest.approx(1 / 0.6 * 100 - 100)
+    assert "at 16 user(s), calibrated on users 1, 64" in check.line()
+
+
+def test_served_prediction_lets_prompts_take_their_turn() -> None:
+    # 4 users, 100 tok/s decoding together, 1000 prompt tok/s per worker, 2 workers:
+    # 4 x 128 answer tokens take 5.12 s, 4 x 512 prompt tokens 1.024 s on two workers
+    got = served_tok_s(100, 1000, 2, 4, 512, 128)
+    assert got == pytest.approx(512 / (5.12 + 1.024))
+    assert served_tok_s(100, 1000, 2, 4, 0, 128) == pytest.approx(100)
+    assert served_tok_s(0, 1000, 2, 4, 512, 128) == 0
+
+
+def test_plan_calibrates_the_prediction_for_the_traffic_the_bench_ran() -> None:
+    run = dataclasses.replace(
+        _run("per-card", 1, 150, 200), prompt_tokens=512, answer_tokens=128, time=1.0
+    )
+    value, source = results.calibrated([run], "per-card", 8, 400, 1000, 4) or (0, "")
+    assert value == pytest.approx(served_tok_s(400, 1000, 4, 8, 512, 128) * 0.75)
+    assert source == ("calibrated on 1 measured point(s), 512-token prompts, 128-token answers")
+    assert results.calibrated([run], "per-card", 1, 400, 1000, 4) == (
+        150,
+        "measured, 512-token prompts, 128-token answers",
+    )
 
 
 def test_table_and_plot() -> None:

@@ -3,8 +3,9 @@ and set the measurement beside the planner's prediction.
 
 For each layout: plan it, start its fleet (supervisor and router, in this process), run the
 closed-loop load at each concurrency, read the workers' own token counters and the cards'
-power during the run, stop the fleet. Ctrl-C stops the fleet cleanly and keeps the rows
-already measured.
+power during the run, stop the fleet. The prediction beside each row is the planner's for the
+same traffic (prompts included). Each row is saved as soon as it is measured; Ctrl-C stops the
+fleet cleanly and keeps the rows already measured.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from launcher.gpu.sampler import GpuSampler
 from launcher.model.spec import ModelSpec
 from launcher.plan.advisor import plan
 from launcher.plan.layouts import Layout, ServerTarget
+from launcher.plan.perf import served_tok_s
 from launcher.plan.workload import Workload
 from launcher.router.server import RouterConfig
 from launcher.run.metrics import parse_prometheus
@@ -92,13 +94,18 @@ class Bench:
         self.model_key = results.model_key(spec)
         self.prices = {c.index: c.price_usd for c in cards if c.price_usd}
 
-    def _plan(self, kind: str, users: int) -> Layout:
-        ctx = self.request.ctx or min(
+    @property
+    def ctx(self) -> int:
+        return self.request.ctx or min(
             4096,
             self.spec.training_context,
             max(1024, self.request.prompt_tokens + self.request.tokens),
         )
-        result = plan(self.spec, self.inventory, Workload(users=users, ctx=ctx), self.server, kind)
+
+    def _plan(self, kind: str, users: int) -> Layout:
+        result = plan(
+            self.spec, self.inventory, Workload(users=users, ctx=self.ctx), self.server, kind
+        )
         best = result.best
         if best is None:
             raise LauncherError(f"Layout {kind} does not fit here: {result.layouts[0].reason}")
@@ -185,7 +192,16 @@ class Bench:
                 if sampler:
                     sampler.stop()
             after = await _server_tokens(session, urls)
-        predicted = self._plan(kind, users).throughput.aggregate_tok_s
+        planned = self._plan(kind, users)
+        decode = planned.throughput.aggregate_tok_s
+        predicted = served_tok_s(
+            decode,
+            planned.throughput.prompt_tok_s,
+            len(planned.processes),
+            users,
+            self.request.prompt_tokens,
+            self.request.tokens,
+        )
         power = statistics.mean(powers) if powers else None
         price = sum(self.prices.get(c, 0.0) for c in cards) or None
         run = BenchRun(
@@ -207,11 +223,16 @@ class Bench:
             usd_per_tok_s=round(price / result.aggregate_tok_s, 2)
             if price and result.aggregate_tok_s
             else None,
+            predicted_decode_tok_s=round(decode, 1),
+            prompt_tokens=self.request.prompt_tokens,
+            answer_tokens=self.request.tokens,
+            ctx=self.ctx,
             hardware_key=self.hardware_key,
             model_key=self.model_key,
             time=time.time(),
         )
         self.runs.append(run)
+        results.append([run])  # kept at once: a crash later loses nothing measured
         self.say(
             f"{kind}: {users} user(s): {run.aggregate_tok_s:.1f} tok/s "
             f"(predicted {run.predicted_aggregate_tok_s:.1f}), {run.errors} errors"

@@ -1,10 +1,13 @@
 """Bench results on disk, and the calibration the planner takes from them.
 
-Results go to ``<state>/bench/results.jsonl``, one run a line, keyed by hardware (the card
-UUIDs, or the profile's name), model shape (architecture, layers, width, quantization, size)
-and layout. For a key with measurements, ``correction`` fits measured/predicted as a line in
-log(users) over the measured points; the planner multiplies its aggregate prediction by it,
-and says when a figure is a measurement.
+Results go to ``<state>/bench/results.jsonl``, one run a line, written as each run ends,
+keyed by hardware (the card UUIDs, or the profile's name), model shape (architecture, layers,
+width, quantization, size) and layout. A run's prediction is the planner's for the bench's own
+traffic: its decode aggregate taking turns with the prompts (``plan.perf.served_tok_s``).
+For a key with measurements, ``correction`` takes measured/predicted at each measured
+concurrency and interpolates it linearly in log(users) between them (flat beyond the ends);
+``plan`` multiplies its prediction for the same traffic by it, and says when a figure is a
+measurement. ``holdout_check`` predicts each inner point from the others.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from launcher import paths
 from launcher.model.spec import ModelSpec
+from launcher.plan.perf import served_tok_s
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,15 @@ class BenchRun:
     latency_ms_p95: float
     latency_ms_p99: float
     errors: int
-    predicted_aggregate_tok_s: float
+    predicted_aggregate_tok_s: float  # the planner's, for this traffic (prompts included)
     server_tokens: int  # the workers' own tokens_predicted_total over the run
     power_w: float | None = None
     tok_s_per_w: float | None = None
     usd_per_tok_s: float | None = None
+    predicted_decode_tok_s: float = 0.0  # the planner's aggregate without prompts
+    prompt_tokens: int = 0  # per request (0: rows written before prompts were counted)
+    answer_tokens: int = 0  # per request
+    ctx: int = 0  # context per user the fleet was started with
     hardware_key: str = ""
     model_key: str = ""
     time: float = 0.0
@@ -64,6 +72,7 @@ def hardware_key(uuids: list[str | None], source: str) -> str:
 
 
 def append(runs: list[BenchRun]) -> Path:
+    """Add ``runs`` to the results file (one line each, flushed at once)."""
     path = results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
@@ -90,15 +99,35 @@ def load(hardware: str, model: str) -> list[BenchRun]:
 
 @dataclass(frozen=True)
 class Correction:
-    """measured / predicted = a + b x ln(users), fitted on ``points`` (users)."""
+    """measured / predicted at each measured concurrency; between them the ratio is
+    interpolated linearly in ln(users), beyond them it stays at the nearest one."""
 
-    a: float
-    b: float
-    points: tuple[int, ...]
+    ratios: dict[int, float]
     measured: dict[int, float]
+    prompt_tokens: int
+    answer_tokens: int
+
+    @property
+    def points(self) -> tuple[int, ...]:
+        return tuple(sorted(self.ratios))
 
     def factor(self, users: int) -> float:
-        return max(0.05, self.a + self.b * math.log(max(users, 1)))
+        pts = self.points
+        if users <= pts[0]:
+            return self.ratios[pts[0]]
+        if users >= pts[-1]:
+            return self.ratios[pts[-1]]
+        hi = next(p for p in pts if p >= users)
+        lo = max(p for p in pts if p < hi)
+        x = (math.log(users) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return self.ratios[lo] + x * (self.ratios[hi] - self.ratios[lo])
+
+    @property
+    def traffic(self) -> str:
+        """``, 512-token prompts, 128-token answers`` (empty for rows older than that)."""
+        if not self.prompt_tokens:
+            return ""
+        return f", {self.prompt_tokens}-token prompts, {self.answer_tokens}-token answers"
 
 
 def correction(
@@ -114,30 +143,115 @@ def correction(
     ]
     if not chosen:
         return None
-    by_users: dict[int, list[float]] = {}
+    by_users: dict[int, list[BenchRun]] = {}
     for r in chosen:
-        by_users.setdefault(r.users, []).append(r.aggregate_tok_s / r.predicted_aggregate_tok_s)
-    xs = [math.log(u) for u in sorted(by_users)]
-    ys = [sum(v) / len(v) for _, v in sorted(by_users.items())]
-    if len(xs) == 1:
-        a, b = ys[0], 0.0
-    else:
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        var = sum((x - mx) ** 2 for x in xs)
-        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-        a = my - b * mx
-    measured = {r.users: r.aggregate_tok_s for r in chosen}
-    return Correction(a, b, tuple(sorted(by_users)), measured)
+        by_users.setdefault(r.users, []).append(r)
+    ratios = {
+        u: sum(r.aggregate_tok_s / r.predicted_aggregate_tok_s for r in rs) / len(rs)
+        for u, rs in by_users.items()
+    }
+    measured = {u: sum(r.aggregate_tok_s for r in rs) / len(rs) for u, rs in by_users.items()}
+    latest = max(chosen, key=lambda r: r.time)
+    return Correction(ratios, measured, latest.prompt_tokens, latest.answer_tokens)
+
+
+def predicted_for(
+    fix: Correction, users: int, decode_tok_s: float, prompt_tok_s: float, workers: int
+) -> float:
+    """The planner's prediction for the bench's traffic at ``users``."""
+    if not fix.prompt_tokens:
+        return decode_tok_s
+    return served_tok_s(
+        decode_tok_s, prompt_tok_s, workers, users, fix.prompt_tokens, fix.answer_tokens
+    )
 
 
 def calibrated(
-    runs: list[BenchRun], layout: str, users: int, predicted: float
+    runs: list[BenchRun],
+    layout: str,
+    users: int,
+    decode_tok_s: float,
+    prompt_tok_s: float = 0.0,
+    workers: int = 1,
 ) -> tuple[float, str] | None:
-    """The figure to show for ``layout`` at ``users``: a measurement, or the prediction
-    corrected by this box's measurements; None when there are none for this layout."""
+    """The figure to show for ``layout`` at ``users`` (for the traffic the bench ran): a
+    measurement, or the planner's prediction corrected by this box's measurements; None when
+    there are none for this layout."""
     fix = correction(runs, layout)
     if fix is None:
         return None
     if users in fix.measured:
-        return fix.measured[users], "measured"
-    return predicted * fix.factor(users), f"calibrated on {len(fix.points)} measured point(s)"
+        return fix.measured[users], f"measured{fix.traffic}"
+    predicted = predicted_for(fix, users, decode_tok_s, prompt_tok_s, workers)
+    return (
+        predicted * fix.factor(users),
+        f"calibrated on {len(fix.points)} measured point(s){fix.traffic}",
+    )
+
+
+@dataclass(frozen=True)
+class HoldoutCheck:
+    """One measured point predicted from the layout's other points."""
+
+    layout: str
+    users: int
+    fitted_on: tuple[int, ...]
+    predicted: float  # the planner's, uncalibrated
+    calibrated: float
+    measured: float
+
+    @property
+    def error_pct(self) -> float:
+        return (self.calibrated / self.measured - 1) * 100 if self.measured else 0.0
+
+    @property
+    def uncalibrated_error_pct(self) -> float:
+        return (self.predicted / self.measured - 1) * 100 if self.measured else 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "layout": self.layout,
+            "users": self.users,
+            "fitted_on": list(self.fitted_on),
+            "predicted_aggregate_tok_s": round(self.predicted, 1),
+            "calibrated_aggregate_tok_s": round(self.calibrated, 1),
+            "measured_aggregate_tok_s": round(self.measured, 1),
+            "error_pct": round(self.error_pct, 1),
+            "uncalibrated_error_pct": round(self.uncalibrated_error_pct, 1),
+        }
+
+    def line(self) -> str:
+        fitted = ", ".join(map(str, self.fitted_on))
+        return (
+            f"{self.layout}: at {self.users} user(s), calibrated on users {fitted}: "
+            f"{self.calibrated:.1f} tok/s, measured {self.measured:.1f} "
+            f"({self.error_pct:+.1f}%; the planner alone {self.uncalibrated_error_pct:+.1f}%)"
+        )
+
+
+def holdout_check(runs: list[BenchRun]) -> list[HoldoutCheck]:
+    """Each inner concurrency of each layout, predicted from the layout's other points (the
+    ends only bound the interpolation, so they are never held out)."""
+    out = []
+    for layout in dict.fromkeys(r.layout for r in runs):
+        mine = [r for r in runs if r.layout == layout and r.predicted_aggregate_tok_s > 0]
+        users = sorted({r.users for r in mine})
+        for held in users[1:-1]:
+            others = set(users) - {held}
+            fix = correction(mine, layout, others)
+            at = [r for r in mine if r.users == held]
+            if fix is None or not at:
+                continue
+            predicted = sum(r.predicted_aggregate_tok_s for r in at) / len(at)
+            measured = sum(r.aggregate_tok_s for r in at) / len(at)
+            out.append(
+                HoldoutCheck(
+                    layout,
+                    held,
+                    tuple(sorted(others)),
+                    predicted,
+                    predicted * fix.factor(held),
+                    measured,
+                )
+            )
+    return out

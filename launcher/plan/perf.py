@@ -124,3 +124,25 @@ def prompt_tok_s(
     else:
         seconds = sum(compute) + sum(act / _link(s) for s in stages[:-1])
     return n_ubatch / seconds if seconds > 0 else 0.0
+
+
+def served_tok_s(
+    aggregate_tok_s: float,
+    prompt_tok_s: float,
+    workers: int,
+    users: int,
+    prompt_tokens: int,
+    answer_tokens: int,
+) -> float:
+    """Answer tokens/s of ``users`` who each send ``prompt_tokens`` and read ``answer_tokens``
+    back, again and again: decoding at ``aggregate_tok_s`` takes turns with processing the
+    prompts (one at a time on each worker, so in parallel over up to ``workers`` workers)."""
+    if aggregate_tok_s <= 0 or answer_tokens <= 0:
+        return 0.0
+    decode_s = answer_tokens * users / aggregate_tok_s
+    prompt_s = (
+        users * prompt_tokens / (prompt_tok_s * max(1, min(users, workers)))
+        if prompt_tok_s > 0
+        else 0.0
+    )
+    return answer_tokens * users / (decode_s + prompt_s)
