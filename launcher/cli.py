@@ -967,8 +967,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if len(usable) > 1
             else (("per-card",) if usable else ("cpu:1",))
         )
+    if args.requests_per_user < 1:
+        raise LauncherError("--requests-per-user must be 1 or more.")
     request = BenchRequest(
-        layouts, _int_list(args.users, "--users"), args.tokens, args.prompt_tokens, args.ctx
+        layouts,
+        _int_list(args.users, "--users"),
+        args.tokens,
+        args.prompt_tokens,
+        args.ctx,
+        args.requests_per_user,
     )
     backend = open_backend() if usable else None
     bench = Bench(spec, inventory, server, request, backend, _say)
@@ -1239,6 +1246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=128, help="tokens per request (128)")
     p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (512)")
     p.add_argument("--ctx", type=int, help="context per user (default: what the run needs)")
+    p.add_argument(
+        "--requests-per-user",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests each user sends at each concurrency (4)",
+    )
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")
     p.set_defaults(handler=cmd_bench)

@@ -121,7 +121,7 @@ def test_pcie_only_pairs_report_their_common_ancestor(install_fake) -> None:  # 
 
 def test_live_sample(install_fake) -> None:  # type: ignore[no-untyped-def]
     install_fake([FakeCard(util=(97, 81), pcie_kb_s=(1500, 250), gen=(4, 5, 5))])
-    backend = NvmlBackend()
+    backend = NvmlBackend(gpm=True)
     first = backend.sample(0)
     assert first.gpu_busy_pct == 97 and first.memory_busy_pct == 81
     assert (first.pcie_rx_kib_s, first.pcie_tx_kib_s) == (1500, 250)
@@ -137,12 +137,31 @@ def test_one_card_read_from_many_threads_frees_each_gpm_sample_once(  # type: ig
 ) -> None:
     # A bench on 4x H100 crashed (SIGSEGV) when two readings of one card overlapped.
     module = install_fake([FakeCard()])
-    backend = NvmlBackend()
+    backend = NvmlBackend(gpm=True)
     with ThreadPoolExecutor(8) as pool:
         samples = list(pool.map(lambda _: backend.sample(0), range(1500)))
     assert all(s.error is None for s in samples)
     assert len(module.gpm_freed) >= 1499 - 8  # every earlier sample freed, none twice
     backend.close()
+
+
+def test_gpm_is_read_only_when_asked_for(  # type: ignore[no-untyped-def]
+    install_fake, monkeypatch
+) -> None:
+    # GPM crashed a bench on 4x H100 (docs/hardware.md): off unless LLAMA_LAUNCHER_GPM=1
+    module = install_fake([FakeCard(util=(50, 63))])
+    for backend in (NvmlBackend(), NvmlBackend(gpm=False)):
+        backend.sample(0)
+        s = backend.sample(0)
+        assert s.dram_bandwidth_pct is None and (s.bandwidth_pct, s.bandwidth_label) == (
+            63,
+            "mem busy",
+        )
+    assert not module.gpm_freed
+    monkeypatch.setenv("LLAMA_LAUNCHER_GPM", "1")
+    backend = NvmlBackend()
+    backend.sample(0)
+    assert backend.sample(0).dram_bandwidth_pct == 42.5
 
 
 def test_without_gpm_bandwidth_is_memory_busy(install_fake) -> None:  # type: ignore[no-untyped-def]
@@ -200,7 +219,7 @@ def test_mig_card_is_not_usable(install_fake) -> None:  # type: ignore[no-untype
 
 def test_close_shuts_nvml_down(install_fake) -> None:  # type: ignore[no-untyped-def]
     module = install_fake([FakeCard()])
-    backend = NvmlBackend()
+    backend = NvmlBackend(gpm=True)
     backend.cards()
     backend.close()
     assert module.state["shutdowns"] == 1  # type: ignore[attr-defined]

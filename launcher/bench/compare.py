@@ -48,7 +48,7 @@ class BenchRequest:
     tokens: int = 128
     prompt_tokens: int = 512
     ctx: int | None = None
-    requests_per_user: int = 2
+    requests_per_user: int = 4
 
 
 def _free_port() -> int:
@@ -150,11 +150,21 @@ class Bench:
                 await task
                 tail = "\n".join(f"    {line}" for line in log[-8:])
                 raise LauncherError(f"Layout {kind} did not start:\n{tail}")
+            urls = [w.state.url for w in sup.workers]
+            await self._warm_up(kind, urls)
             for users in sorted(self.request.users):
-                await self._measure(kind, users, sup, [w.state.url for w in sup.workers], cards)
+                await self._measure(kind, users, sup, urls, cards)
         finally:
             sup.request_stop()
             await asyncio.shield(task)
+
+    async def _warm_up(self, kind: str, urls: list[str]) -> None:
+        """One short request to each worker first: a fresh llama-server's first request pays
+        for its start-up (CUDA graphs, caches), which is not what the bench measures. The
+        warm-up's tokens are outside the counts (the counters are read before each run)."""
+        self.say(f"{kind}: warming up {len(urls)} worker(s)")
+        spec = LoadSpec(tuple(urls), len(urls), len(urls), 8, self.request.prompt_tokens)
+        await run_load(spec)
 
     async def _measure(
         self, kind: str, users: int, sup: Supervisor, urls: list[str], cards: list[int]

@@ -10,6 +10,7 @@ card that falls off the bus is marked ``lost``.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -76,10 +77,23 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-class NvmlBackend:
-    """``GpuBackend`` over the real driver. Thread-safe; cheap to keep open."""
+GPM_ENV = "LLAMA_LAUNCHER_GPM"
 
-    def __init__(self) -> None:
+
+class NvmlBackend:
+    """``GpuBackend`` over the real driver. Thread-safe; cheap to keep open.
+
+    DRAM bandwidth through GPM (Hopper and later) is read only when ``gpm`` is true (default:
+    ``LLAMA_LAUNCHER_GPM=1``): on a 4x H100 box with driver 580.159.04, nvidia-ml-py 13.610,
+    ``nvmlGpmSampleGet`` crashed the process (SIGSEGV) in about one of three short benches, with
+    every GPM call already serialised. Without it the bandwidth column shows NVML's
+    memory-busy percentage, labelled as such.
+    """
+
+    def __init__(self, gpm: bool | None = None) -> None:
+        self._gpm_enabled = (
+            os.environ.get(GPM_ENV, "") in ("1", "on", "yes") if gpm is None else gpm
+        )
         self._lock = threading.Lock()
         self._nvml: Any = None
         self._state: DriverState | None = None
@@ -369,6 +383,8 @@ class NvmlBackend:
 
     def _dram_bandwidth_locked(self, index: int, h: Any) -> float | None:
         n = self._nvml
+        if not self._gpm_enabled:
+            return None
         if index not in self._gpm_supported:
             support = self._opt(n.nvmlGpmQueryDeviceSupport, h)
             self._gpm_supported[index] = bool(support and support.isSupportedDevice)
