@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.router.balancer import SpeedMeter
 from tests.conftest import free_port, run_cli, start_llama_server, stop_process
 
 
@@ -330,3 +331,19 @@ def test_fleet_router_with_a_remote_member_and_gpu_gauges(
         assert m['llama_launcher_gpu_busy_percent{gpu="0"}'] == 90
     finally:
         run_cli("down", env=env, timeout=60)
+
+
+def test_speed_counts_only_slots_that_kept_decoding() -> None:
+    # a bench on 4x H100 saw a warm-up request and prompt reading make a worker look slow,
+    # so the router stacked users on another: only decoding slots may set the speed
+    def slot(i: int, task: int, decoded: int, busy: bool = True) -> dict[str, object]:
+        nxt = [{"n_decoded": decoded}]
+        return {"id": i, "id_task": task, "is_processing": busy, "next_token": nxt}
+
+    meter = SpeedMeter()
+    assert meter.update(0.0, [slot(0, 1, 0), slot(1, 2, 0)]) is None  # both reading prompts
+    assert meter.update(1.0, [slot(0, 1, 40), slot(1, 2, 0)]) is None  # 0 -> 40: started late
+    assert meter.update(2.0, [slot(0, 1, 80), slot(1, 2, 30)]) == 40.0  # slot 1 not yet
+    assert meter.update(3.0, [slot(0, 3, 5), slot(1, 2, 70)]) == 40.0  # slot 0: a new request
+    assert meter.update(4.0, [slot(0, 3, 0, busy=False), slot(1, 2, 110)]) == 40.0
+    assert meter.update(5.0, [slot(0, 3, 0, busy=False)]) is None

@@ -17,6 +17,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from launcher.run.metrics import decoded_tokens
+
 
 @dataclass
 class Member:
@@ -39,6 +41,33 @@ class Member:
     @property
     def free(self) -> int:
         return max(self.slots - self.in_flight, 0)
+
+
+class SpeedMeter:
+    """Decode tokens/s per slot of one member, from two ``/slots`` readings in a row.
+
+    Only slots that were decoding the same request at both readings count: a slot still
+    reading its prompt (or one that just took a new request) has decoded nothing yet, and
+    counting it would make a member look slow after a short request or a long prompt.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[object, tuple[object, int]] = {}
+        self._time = 0.0
+
+    def update(self, now: float, slots: list[dict[str, object]]) -> float | None:
+        current: dict[object, tuple[object, int]] = {}
+        for s in slots:
+            if s.get("is_processing"):
+                current[s.get("id")] = (s.get("id_task"), decoded_tokens(s))
+        rates = []
+        dt = now - self._time
+        for slot, (task, decoded) in current.items():
+            before = self._last.get(slot)
+            if before and before[0] == task and before[1] > 0 and decoded > before[1] and dt > 0:
+                rates.append((decoded - before[1]) / dt)
+        self._last, self._time = current, now
+        return sum(rates) / len(rates) if rates else None
 
 
 class QueueFull(Exception):

@@ -24,8 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from launcher.errors import LauncherError
-from launcher.router.balancer import Balancer, Member, QueueFull, affinity_key
-from launcher.run.metrics import decoded_tokens
+from launcher.router.balancer import Balancer, Member, QueueFull, SpeedMeter, affinity_key
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HEALTH_INTERVAL_S = 0.5
@@ -80,7 +79,7 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._health_task: asyncio.Task[None] | None = None
-        self._tok: dict[str, tuple[float, float]] = {}
+        self._meters: dict[str, SpeedMeter] = {}
 
     @property
     def members(self) -> list[Member]:
@@ -171,14 +170,10 @@ class Router:
         m.healthy = ok
 
     def _speed(self, m: Member, slots: list[Any]) -> None:
-        """Tokens/s per busy slot, from how much ``n_decoded`` grew since the last check."""
-        now = time.monotonic()
-        busy = [s for s in slots if isinstance(s, dict) and s.get("is_processing")]
-        decoded = float(sum(decoded_tokens(s) for s in busy))
-        prev = self._tok.get(m.name)
-        self._tok[m.name] = (now, decoded)
-        if prev and busy and decoded > prev[1] and now > prev[0]:
-            rate = (decoded - prev[1]) / (now - prev[0]) / len(busy)
+        """Decode tokens/s per slot, from slots that kept decoding since the last check."""
+        meter = self._meters.setdefault(m.name, SpeedMeter())
+        rate = meter.update(time.monotonic(), [s for s in slots if isinstance(s, dict)])
+        if rate is not None:
             m.tok_s_per_slot = (
                 rate if m.tok_s_per_slot == 0 else 0.7 * m.tok_s_per_slot + 0.3 * rate
             )
