@@ -229,29 +229,26 @@ class HoldoutCheck:
         )
 
 
+def check_point(runs: list[BenchRun], layout: str, fit: set[int], held: int) -> HoldoutCheck | None:
+    """``layout`` at ``held`` users, predicted from its runs at ``fit`` users only."""
+    mine = [r for r in runs if r.layout == layout and r.predicted_aggregate_tok_s > 0]
+    fix = correction(mine, layout, fit)
+    at = [r for r in mine if r.users == held]
+    if fix is None or not at:
+        return None
+    predicted = sum(r.predicted_aggregate_tok_s for r in at) / len(at)
+    measured = sum(r.aggregate_tok_s for r in at) / len(at)
+    return HoldoutCheck(layout, held, fix.points, predicted, predicted * fix.factor(held), measured)
+
+
 def holdout_check(runs: list[BenchRun]) -> list[HoldoutCheck]:
     """Each inner concurrency of each layout, predicted from the layout's other points (the
     ends only bound the interpolation, so they are never held out)."""
     out = []
     for layout in dict.fromkeys(r.layout for r in runs):
-        mine = [r for r in runs if r.layout == layout and r.predicted_aggregate_tok_s > 0]
-        users = sorted({r.users for r in mine})
+        users = sorted({r.users for r in runs if r.layout == layout})
         for held in users[1:-1]:
-            others = set(users) - {held}
-            fix = correction(mine, layout, others)
-            at = [r for r in mine if r.users == held]
-            if fix is None or not at:
-                continue
-            predicted = sum(r.predicted_aggregate_tok_s for r in at) / len(at)
-            measured = sum(r.aggregate_tok_s for r in at) / len(at)
-            out.append(
-                HoldoutCheck(
-                    layout,
-                    held,
-                    tuple(sorted(others)),
-                    predicted,
-                    predicted * fix.factor(held),
-                    measured,
-                )
-            )
+            check = check_point(runs, layout, set(users) - {held}, held)
+            if check is not None:
+                out.append(check)
     return out
