@@ -157,7 +157,8 @@ def test_calibration_is_checked_on_a_point_it_was_not_fitted_on() -> None:
     fix = results.correction(runs, "per-card", fit_users={1, 64})
     assert fix is not None and fix.points == (1, 64)
     assert abs(fix.factor(16) - truth[16]) < 1e-9  # held out, predicted exactly
-    value, source = results.calibrated(runs[:1] + runs[2:], "per-card", 16, 1000) or (0, "")
+    # 8 workers: 64 users are 8 per worker, all on one side of the kernel change
+    value, source = results.calibrated(runs[:1] + runs[2:], "per-card", 16, 1000, 0, 8) or (0, "")
     assert abs(value - 1000 * truth[16]) < 1e-6 and source.startswith("calibrated")
     assert results.calibrated(runs, "per-card", 64, 1000) == (1000 * truth[64], "measured")
     assert results.calibrated(runs, "pooled-layer", 16, 1000) is None
@@ -170,6 +171,31 @@ def test_calibration_interpolates_between_measured_points_and_is_flat_beyond() -
     assert fix.factor(2) == pytest.approx(0.8)  # halfway between 1 and 4 in ln(users)
     assert fix.factor(16) == pytest.approx(0.75)
     assert fix.factor(128) == pytest.approx(0.8) and fix.factor(1) == pytest.approx(0.9)
+
+
+def test_calibration_does_not_interpolate_across_the_decode_kernel_change() -> None:
+    # llama.cpp decodes up to 8 tokens per worker with MMVQ, more with MMQ: a 70B layer split
+    # on 4x H100 measured 1.05, 1.20 and 1.78 x the prediction at 1, 4 and 16 users
+    ratios = ((1, 1.05), (4, 1.20), (16, 1.78))
+    runs = [
+        dataclasses.replace(_run("pooled-layer", u, r * 100, 100), workers=1) for u, r in ratios
+    ]
+    fix = results.correction(runs, "pooled-layer")
+    assert fix is not None and fix.workers == 1
+    assert fix.factor(8) == pytest.approx(1.20)  # from 1 and 4 only: flat beyond 4
+    assert fix.factor(2) == pytest.approx(1.125)  # halfway between 1 and 4 in ln(users)
+    assert fix.factor(12) == pytest.approx(1.78) and fix.factor(64) == pytest.approx(1.78)
+    # per-card over 4 workers: 32 users are 8 per worker, still the small side
+    per_card = [dataclasses.replace(r, layout="per-card", workers=4) for r in runs]
+    wide = results.correction(per_card, "per-card")
+    assert wide is not None and wide.factor(32) == pytest.approx(1.78)  # only 1..16 there
+    assert wide.factor(36) == pytest.approx(1.78)
+    # no measured point on that side: the nearest measured one
+    small = results.correction(runs[:2], "pooled-layer")
+    assert small is not None and small.factor(16) == pytest.approx(1.20)
+    # rows without a worker count (older files) interpolate across, as before
+    old = results.correction([dataclasses.replace(r, workers=0) for r in runs], "pooled-layer")
+    assert old is not None and old.factor(8) == pytest.approx(1.20 + 0.58 / 2)
 
 
 def test_holdout_check_predicts_each_inner_point_from_the_others() -> None:

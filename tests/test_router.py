@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.router.balancer import SpeedMeter
+from launcher.router.balancer import Balancer, Member, SpeedMeter
 from tests.conftest import free_port, run_cli, start_llama_server, stop_process
 
 
@@ -346,4 +346,43 @@ def test_speed_counts_only_slots_that_kept_decoding() -> None:
     assert meter.update(2.0, [slot(0, 1, 80), slot(1, 2, 30)]) == 40.0  # slot 1 not yet
     assert meter.update(3.0, [slot(0, 3, 5), slot(1, 2, 70)]) == 40.0  # slot 0: a new request
     assert meter.update(4.0, [slot(0, 3, 0, busy=False), slot(1, 2, 110)]) == 40.0
-    assert meter.update(5.0, [slot(0, 3, 0, busy=False)]) is None
+    assert SpeedMeter().update(5.0, [slot(0, 3, 0, busy=False)]) is None
+
+
+def slots_reply(decoded: list[int]) -> list[dict[str, object]]:
+    return [
+        {"id": i, "id_task": i, "is_processing": True, "next_token": [{"n_decoded": n}]}
+        for i, n in enumerate(decoded)
+    ]
+
+
+def test_speed_is_the_best_recent_reading() -> None:
+    # a prompt in the same batch stalls the decoding slots for a whole reading: that reading is
+    # low, and must not make the card look slow; old readings leave the window
+    meter = SpeedMeter(window_s=10.0)
+    assert meter.update(0.0, slots_reply([10, 10])) is None
+    assert meter.update(1.0, slots_reply([110, 110])) == 100.0
+    assert meter.update(2.0, slots_reply([111, 111])) == 100.0  # stalled by a prompt
+    assert meter.update(3.0, slots_reply([171, 171])) == 100.0
+    assert meter.update(13.0, slots_reply([771, 771])) == 60.0  # t=1 left the window
+
+
+def test_identical_members_share_users_evenly_through_stalls() -> None:
+    # 4 identical cards, 8 users arriving while some members' readings were stalled by a
+    # prompt: each card gets 2 (an average of readings gave the stalled ones almost nothing)
+    members = [Member(f"w{i}", f"http://127.0.0.1:{9000 + i}", slots=16) for i in range(4)]
+    meters = [SpeedMeter() for _ in members]
+    decoded = [10, 10, 10, 10]
+    for t, stalled in ((0.0, set()), (0.5, set()), (1.0, {1, 2}), (1.5, {2, 3})):
+        for i, (m, meter) in enumerate(zip(members, meters, strict=True)):
+            decoded[i] += 0 if t == 0 else 2 if i in stalled else 120  # 240 tok/s, or stalled
+            rate = meter.update(t, slots_reply([decoded[i]]))
+            if rate is not None:
+                m.tok_s_per_slot = rate
+            m.healthy = True
+    balancer = Balancer(members)
+    for _ in range(8):
+        m = balancer.pick()
+        assert m is not None
+        m.in_flight += 1
+    assert [m.in_flight for m in members] == [2, 2, 2, 2]

@@ -237,6 +237,7 @@ class Bench:
             prompt_tokens=self.request.prompt_tokens,
             answer_tokens=self.request.tokens,
             ctx=self.ctx,
+            workers=len(planned.processes),
             hardware_key=self.hardware_key,
             model_key=self.model_key,
             time=time.time(),

@@ -5,7 +5,12 @@ keyed by hardware (the card UUIDs, or the profile's name), model shape (architec
 width, quantization, size) and layout. A run's prediction is the planner's for the bench's own
 traffic: its decode aggregate taking turns with the prompts (``plan.perf.served_tok_s``).
 For a key with measurements, ``correction`` takes measured/predicted at each measured
-concurrency and interpolates it linearly in log(users) between them (flat beyond the ends);
+concurrency and interpolates it linearly in log(users) between them (flat beyond the ends),
+without crossing llama.cpp's change of decode kernel: up to ``MMVQ_MAX_BATCH`` users per worker
+its CUDA backend multiplies with matrix-vector kernels (MMVQ), above that with tiled ones
+(MMQ), a step in speed the planner does not model (on 4x H100 the 70B layer split's
+measured/predicted stayed at 1.20-1.25 from 2 to 8 users and jumped to 1.78 at 16), so a
+concurrency is corrected from the measured points on its own side when there are any.
 ``plan`` multiplies its prediction for the same traffic by it, and says when a figure is a
 measurement. ``holdout_check`` predicts each inner point from the others.
 """
@@ -14,13 +19,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from launcher import paths
 from launcher.model.spec import ModelSpec
 from launcher.plan.perf import served_tok_s
+
+# llama.cpp's MMVQ_MAX_BATCH_SIZE (ggml-cuda/mmvq.cuh): the largest decode batch per worker
+# that uses the matrix-vector kernels
+MMVQ_MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class BenchRun:
     prompt_tokens: int = 0  # per request (0: rows written before prompts were counted)
     answer_tokens: int = 0  # per request
     ctx: int = 0  # context per user the fleet was started with
+    workers: int = 0  # llama-server processes of the layout (0: rows written before)
     hardware_key: str = ""
     model_key: str = ""
     time: float = 0.0
@@ -97,22 +107,31 @@ def load(hardware: str, model: str) -> list[BenchRun]:
     return out
 
 
+def big_batch(users: int, workers: int) -> bool | None:
+    """Whether ``users`` spread over ``workers`` decode in batches above MMVQ_MAX_BATCH (None:
+    the number of workers is not known)."""
+    return -(-users // workers) > MMVQ_MAX_BATCH if workers else None
+
+
 @dataclass(frozen=True)
 class Correction:
     """measured / predicted at each measured concurrency; between them the ratio is
-    interpolated linearly in ln(users), beyond them it stays at the nearest one."""
+    interpolated linearly in ln(users), beyond them it stays at the nearest one. Only points
+    on the same side of the kernel change as ``users`` are used, when there are any."""
 
     ratios: dict[int, float]
     measured: dict[int, float]
     prompt_tokens: int
     answer_tokens: int
+    workers: int = 0
 
     @property
     def points(self) -> tuple[int, ...]:
         return tuple(sorted(self.ratios))
 
     def factor(self, users: int) -> float:
-        pts = self.points
+        side = big_batch(users, self.workers)
+        pts = tuple(p for p in self.points if big_batch(p, self.workers) == side) or self.points
         if users <= pts[0]:
             return self.ratios[pts[0]]
         if users >= pts[-1]:
@@ -152,7 +171,7 @@ def correction(
     }
     measured = {u: sum(r.aggregate_tok_s for r in rs) / len(rs) for u, rs in by_users.items()}
     latest = max(chosen, key=lambda r: r.time)
-    return Correction(ratios, measured, latest.prompt_tokens, latest.answer_tokens)
+    return Correction(ratios, measured, latest.prompt_tokens, latest.answer_tokens, latest.workers)
 
 
 def predicted_for(
@@ -180,6 +199,8 @@ def calibrated(
     fix = correction(runs, layout)
     if fix is None:
         return None
+    if not fix.workers:  # rows written before the bench kept the worker count
+        fix = replace(fix, workers=workers)
     if users in fix.measured:
         return fix.measured[users], f"measured{fix.traffic}"
     predicted = predicted_for(fix, users, decode_tok_s, prompt_tok_s, workers)

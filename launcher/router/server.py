@@ -170,13 +170,11 @@ class Router:
         m.healthy = ok
 
     def _speed(self, m: Member, slots: list[Any]) -> None:
-        """Decode tokens/s per slot, from slots that kept decoding since the last check."""
+        """Decode tokens/s per slot: the best recent reading of slots that kept decoding."""
         meter = self._meters.setdefault(m.name, SpeedMeter())
         rate = meter.update(time.monotonic(), [s for s in slots if isinstance(s, dict)])
         if rate is not None:
-            m.tok_s_per_slot = (
-                rate if m.tok_s_per_slot == 0 else 0.7 * m.tok_s_per_slot + 0.3 * rate
-            )
+            m.tok_s_per_slot = rate
 
     async def _health_loop(self) -> None:
         while True:
