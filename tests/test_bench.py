@@ -70,6 +70,7 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
         assert r["errors"] == 0
         assert r["tokens"] == r["requests"] * 16
         assert r["server_tokens"] == r["tokens"]  # the workers' own counters agree exactly
+        assert sum(r["worker_tokens"]) == r["tokens"] and r["workers"] == len(r["worker_tokens"])
         assert r["predicted_aggregate_tok_s"] > 0 and r["aggregate_tok_s"] > 0
         for key in (
             "per_user_tok_s_p50",
@@ -79,6 +80,8 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
             "latency_ms_p99",
         ):
             assert key in r
+    assert [len(r["worker_tokens"]) for r in runs] == [1, 1, 2, 2]
+    assert min(runs[3]["worker_tokens"]) > 0  # 2 users on cpu:2: the router used both
     assert json.loads(out.read_text()) == json.loads(result.stdout)
     assert json.loads(result.stdout)["calibration_check"] == []  # two points: no inner one
     stored = (launcher_home / "state/bench/results.jsonl").read_text().splitlines()

@@ -61,12 +61,14 @@ def _free_port() -> int:
     raise LauncherError("No free port for the bench's router.")
 
 
-async def _server_tokens(session: aiohttp.ClientSession, urls: list[str]) -> int:
-    total = 0
+async def _server_tokens(session: aiohttp.ClientSession, urls: list[str]) -> list[int]:
+    """Each worker's own count of tokens generated so far."""
+    counts = []
     for url in urls:
         async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
-            total += int(parse_prometheus(await r.text()).get("llamacpp:tokens_predicted_total", 0))
-    return total
+            metrics = parse_prometheus(await r.text())
+            counts.append(int(metrics.get("llamacpp:tokens_predicted_total", 0)))
+    return counts
 
 
 class Bench:
@@ -227,7 +229,8 @@ class Bench:
             latency_ms_p99=result.latency_ms_p99,
             errors=result.errors,
             predicted_aggregate_tok_s=round(predicted, 1),
-            server_tokens=after - before,
+            server_tokens=sum(after) - sum(before),
+            worker_tokens=[a - b for a, b in zip(after, before, strict=True)],
             power_w=round(power, 1) if power else None,
             tok_s_per_w=round(result.aggregate_tok_s / power, 3) if power else None,
             usd_per_tok_s=round(price / result.aggregate_tok_s, 2)
@@ -244,9 +247,14 @@ class Bench:
         )
         self.runs.append(run)
         results.append([run])  # kept at once: a crash later loses nothing measured
+        share = (
+            f", tokens per worker {'/'.join(map(str, run.worker_tokens))}"
+            if len(run.worker_tokens) > 1
+            else ""
+        )
         self.say(
             f"{kind}: {users} user(s): {run.aggregate_tok_s:.1f} tok/s "
-            f"(predicted {run.predicted_aggregate_tok_s:.1f}), {run.errors} errors"
+            f"(predicted {run.predicted_aggregate_tok_s:.1f}), {run.errors} errors{share}"
         )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class BenchRun:
     answer_tokens: int = 0  # per request
     ctx: int = 0  # context per user the fleet was started with
     workers: int = 0  # llama-server processes of the layout (0: rows written before)
+    # each worker's own tokens_predicted_total over the run: how evenly the router spread it
+    worker_tokens: list[int] = field(default_factory=list)
     hardware_key: str = ""
     model_key: str = ""
     time: float = 0.0
