@@ -945,10 +945,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.target.endswith(".gguf"):
         model = Path(args.target).expanduser()
         default_layout = None
+        extra_args: tuple[str, ...] = ()
     else:
         profile = launch.load_launch_profile(launch.resolve(args.target))
         model = Path(profile.model).expanduser()
         default_layout = profile.layout
+        extra_args = tuple(profile.extra_args)
     spec = read_model_spec(model)
     inventory = _inventory(argparse.Namespace(hardware=None))
     server, _ = _server_target(argparse.Namespace(llama_server=args.llama_server), inventory)
@@ -976,6 +978,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.prompt_tokens,
         args.ctx,
         args.requests_per_user,
+        extra_args,
     )
     backend = open_backend() if usable else None
     bench = Bench(spec, inventory, server, request, backend, _say)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 import statistics
 import time
@@ -49,6 +48,7 @@ class BenchRequest:
     prompt_tokens: int = 512
     ctx: int | None = None
     requests_per_user: int = 4
+    extra_args: tuple[str, ...] = ()  # a launch profile's extra llama-server flags
 
 
 def _free_port() -> int:
@@ -127,12 +127,8 @@ class Bench:
     async def _layout(self, kind: str) -> None:
         top = max(self.request.users)
         layout = self._plan(kind, top)
-        port = _free_port()
-        specs = [
-            WorkerSpec(p.argv, p.env, p.port - layout.processes[0].port + port + 1, p.cards)
-            for p in layout.processes
-        ]
-        specs = [dataclasses.replace(s, argv=_with_port(s.argv, s.port)) for s in specs]
+        specs = worker_specs(layout, _free_port(), self.request.extra_args)
+        port = specs[0].port - 1
         log: list[str] = []
         sup = Supervisor(
             f"bench-{kind.replace(':', '')}",
@@ -256,6 +252,17 @@ class Bench:
             f"{kind}: {users} user(s): {run.aggregate_tok_s:.1f} tok/s "
             f"(predicted {run.predicted_aggregate_tok_s:.1f}), {run.errors} errors{share}"
         )
+
+
+def worker_specs(layout: Layout, router_port: int, extra_args: tuple[str, ...]) -> list[WorkerSpec]:
+    """The layout's processes on the ports above ``router_port``, with a profile's extra
+    llama-server flags appended (as ``up`` starts them)."""
+    first = layout.processes[0].port
+    out = []
+    for p in layout.processes:
+        port = p.port - first + router_port + 1
+        out.append(WorkerSpec(_with_port(p.argv, port) + extra_args, p.env, port, p.cards))
+    return out
 
 
 def _with_port(argv: tuple[str, ...], port: int) -> tuple[str, ...]:
