@@ -386,3 +386,54 @@ def test_identical_members_share_users_evenly_through_stalls() -> None:
         assert m is not None
         m.in_flight += 1
     assert [m.in_flight for m in members] == [2, 2, 2, 2]
+
+
+def test_router_packs_requests_into_the_lowest_slots(
+    llama_server: Path, model_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    # llama.cpp decodes busy slots 0,5,10,15 in four passes and 0,1,2,3 in one (CPU, qwen3
+    # 0.6b: 32.5 against 61.9 tok/s); left to itself llama-server takes the least recently
+    # used slot, so the router hands out the lowest free one
+    proc, upstream = start_llama_server(
+        llama_server, model_factory("llama"), tmp_path / "s.log", slots=8
+    )
+    routers = []
+    try:
+
+        def slots_used(base: str, n: int) -> list[int]:
+            out = []
+            for i in range(n):
+                body = {"prompt": f"{'ABCDEFGH'[i]} is a letter", "n_predict": 2}
+                status, _, data = post(f"{base}/completion", body)
+                assert status == 200, data
+                out.append(json.loads(data)["id_slot"])
+            return out
+
+        alone = slots_used(upstream, 4)  # the worker's own choice (by prompt likeness, LRU)
+        assert alone != [0, 0, 0, 0]
+        router, url = start_router([upstream])
+        routers.append(router)
+        assert slots_used(url, 4) == [0, 0, 0, 0]
+        got: list[int] = []
+        threads = [
+            threading.Thread(
+                target=lambda i=i: got.append(
+                    json.loads(post(f"{url}/completion", completion(48 + 8 * i))[2])["id_slot"]
+                )
+            )
+            for i in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got) == [0, 1, 2]
+        named = post(f"{url}/completion", {**completion(2), "id_slot": 5})
+        assert json.loads(named[2])["id_slot"] == 5  # a client's own choice is kept
+        affinity, aff_url = start_router([upstream], "--affinity")
+        routers.append(affinity)
+        assert slots_used(aff_url, 4) != [0, 0, 0, 0]  # affinity: llama-server picks
+    finally:
+        for r in routers:
+            stop_process(r)
+        stop_process(proc)

@@ -38,10 +38,24 @@ class Member:
     tokens: int = 0
     last_failure: float = 0.0
     cards: tuple[int, ...] = field(default=())
+    pin_slots: bool = False  # a llama-server whose /slots lists its slots by id
+    slots_taken: set[int] = field(default_factory=set)  # slot ids the router has in flight
 
     @property
     def free(self) -> int:
         return max(self.slots - self.in_flight, 0)
+
+    def take_slot(self) -> int | None:
+        """The lowest slot id the router has not given out (None when all are out).
+
+        llama.cpp with a KV cache per slot (what ``-np N`` gives) decodes a batch in one pass
+        only over consecutive slot ids; busy slots scattered by its least-recently-used choice
+        (0, 5, 10, 15) cost one pass each. Handing out the lowest free id keeps the busy
+        slots packed at the bottom."""
+        slot = next((i for i in range(self.slots) if i not in self.slots_taken), None)
+        if slot is not None:
+            self.slots_taken.add(slot)
+        return slot
 
 
 class SpeedMeter:
@@ -53,9 +67,8 @@ class SpeedMeter:
     only ever comes out low, never high, for reasons that are not the card's speed: a prompt
     processed in the same batch stalls every decoding slot for its length (a 70B prompt of 512
     tokens stalls about 0.5 s, a whole reading), and more users per slot share the card. So the
-    speed is the best recent reading, not an average: on 4x H100 an average of such readings
-    swung by 20x between identical cards and the router stacked users on some of them
-    (8B per-card at 16 users 798 tok/s instead of about 1400).
+    speed is the best recent reading, not an average: an average of such readings lets
+    identical cards look far apart, and the router then stacks users on some of them.
     """
 
     def __init__(self, window_s: float = 30.0) -> None:

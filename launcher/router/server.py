@@ -38,6 +38,8 @@ _HOP = {
     "authorization",
 }
 
+_GENERATION = {"/completion", "/completions", "/v1/completions", "/v1/chat/completions"}
+
 GaugeSource = Callable[[], list[tuple[str, dict[str, str], float]]]
 """Extra gauges for /metrics: (name, labels, value), e.g. per-card NVML readings."""
 
@@ -162,6 +164,9 @@ class Router:
                         slots = await resp.json()
                         if isinstance(slots, list) and slots:
                             m.slots = len(slots)
+                            m.pin_slots = all(
+                                isinstance(x, dict) and isinstance(x.get("id"), int) for x in slots
+                            )
                             self._speed(m, slots)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             ok = False
@@ -318,9 +323,15 @@ class Router:
                 self.rejected_total += 1
                 return self._busy(f"no slot freed within {self.config.queue_timeout_s:g} s")
             tried.add(member.name)
+            slot = self._slot_for(request.path, body, member)
+            sent = raw
+            if slot is not None and isinstance(body, dict):
+                sent = json.dumps({**body, "id_slot": slot}).encode()
             try:
-                response, started = await self._forward(request, member, raw)
+                response, started = await self._forward(request, member, sent)
             finally:
+                if slot is not None:
+                    member.slots_taken.discard(slot)
                 await self.balancer.release(member)
             if response is not None:
                 return response
@@ -330,6 +341,21 @@ class Router:
         return web.json_response(
             {"error": {"message": f"upstream failed: {last_error}", "code": 502}}, status=502
         )
+
+    def _slot_for(self, path: str, body: object, m: Member) -> int | None:
+        """The llama-server slot to ask for (``id_slot``): the lowest one free, for generation
+        requests to a llama-server; None to leave the choice to the worker (other endpoints,
+        a remote member, a request that names its slot, or affinity, where llama-server's own
+        choice of the slot holding the same prompt start is the point)."""
+        if (
+            not m.pin_slots
+            or self.config.affinity
+            or path not in _GENERATION
+            or not isinstance(body, dict)
+            or "id_slot" in body
+        ):
+            return None
+        return m.take_slot()
 
     def _busy(self, why: str) -> web.Response:
         return web.json_response(
