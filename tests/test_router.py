@@ -437,3 +437,12 @@ def test_router_packs_requests_into_the_lowest_slots(
         for r in routers:
             stop_process(r)
         stop_process(proc)
+
+
+def test_slot_packing_takes_the_lowest_free_slot_and_skips_foreign_ones() -> None:
+    m = Member("w0", "http://127.0.0.1:1", slots=4)
+    assert [m.take_slot(), m.take_slot()] == [0, 1]
+    m.slots_taken.discard(0)
+    assert m.take_slot() == 0  # the freed one again, not slot 2
+    m.slots_foreign = {2}  # busy with a request that bypassed the router
+    assert m.take_slot() == 3 and m.take_slot() is None

@@ -40,6 +40,7 @@ class Member:
     cards: tuple[int, ...] = field(default=())
     pin_slots: bool = False  # a llama-server whose /slots lists its slots by id
     slots_taken: set[int] = field(default_factory=set)  # slot ids the router has in flight
+    slots_foreign: set[int] = field(default_factory=set)  # busy at the last /slots, not ours
 
     @property
     def free(self) -> int:
@@ -51,8 +52,11 @@ class Member:
         llama.cpp with a KV cache per slot (what ``-np N`` gives) decodes a batch in one pass
         only over consecutive slot ids; busy slots scattered by its least-recently-used choice
         (0, 5, 10, 15) cost one pass each. Handing out the lowest free id keeps the busy
-        slots packed at the bottom."""
-        slot = next((i for i in range(self.slots) if i not in self.slots_taken), None)
+        slots packed at the bottom. Slots busy with requests that did not come through the
+        router (at the last ``/slots`` reading) are skipped: a request pinned to one would wait
+        for it."""
+        out = self.slots_taken | self.slots_foreign
+        slot = next((i for i in range(self.slots) if i not in out), None)
         if slot is not None:
             self.slots_taken.add(slot)
         return slot

@@ -167,6 +167,9 @@ class Router:
                             m.pin_slots = all(
                                 isinstance(x, dict) and isinstance(x.get("id"), int) for x in slots
                             )
+                            if m.pin_slots:
+                                busy = {x["id"] for x in slots if x.get("is_processing")}
+                                m.slots_foreign = busy - m.slots_taken
                             self._speed(m, slots)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             ok = False
