@@ -446,3 +446,9 @@ def test_slot_packing_takes_the_lowest_free_slot_and_skips_foreign_ones() -> Non
     assert m.take_slot() == 0  # the freed one again, not slot 2
     m.slots_foreign = {2}  # busy with a request that bypassed the router
     assert m.take_slot() == 3 and m.take_slot() is None
+    # a conversation coming back goes to the free slot that served its start, if any
+    chat = Member("w1", "http://127.0.0.1:2", slots=4)
+    assert [chat.take_slot("a"), chat.take_slot("b"), chat.take_slot("c")] == [0, 1, 2]
+    chat.slots_taken -= {0, 1}
+    assert chat.take_slot("b") == 1 and chat.take_slot("new") == 0
+    assert chat.take_slot("b") == 3  # its slot is busy: the lowest free one

@@ -41,13 +41,16 @@ class Member:
     pin_slots: bool = False  # a llama-server whose /slots lists its slots by id
     slots_taken: set[int] = field(default_factory=set)  # slot ids the router has in flight
     slots_foreign: set[int] = field(default_factory=set)  # busy at the last /slots, not ours
+    slot_keys: dict[int, str] = field(default_factory=dict)  # prompt start each slot last had
 
     @property
     def free(self) -> int:
         return max(self.slots - self.in_flight, 0)
 
-    def take_slot(self) -> int | None:
-        """The lowest slot id the router has not given out (None when all are out).
+    def take_slot(self, key: str | None = None) -> int | None:
+        """The lowest slot id the router has not given out (None when all are out); a free
+        slot that last served a prompt starting the same way (``key``) comes first, so that
+        llama.cpp can reuse what that slot holds.
 
         llama.cpp with a KV cache per slot (what ``-np N`` gives) decodes a batch in one pass
         only over consecutive slot ids; busy slots scattered by its least-recently-used choice
@@ -56,9 +59,14 @@ class Member:
         router (at the last ``/slots`` reading) are skipped: a request pinned to one would wait
         for it."""
         out = self.slots_taken | self.slots_foreign
-        slot = next((i for i in range(self.slots) if i not in out), None)
-        if slot is not None:
-            self.slots_taken.add(slot)
+        free = [i for i in range(self.slots) if i not in out]
+        same = [i for i in free if key is not None and self.slot_keys.get(i) == key]
+        if not free:
+            return None
+        slot = (same or free)[0]
+        self.slots_taken.add(slot)
+        if key is not None:
+            self.slot_keys[slot] = key
         return slot
 
 

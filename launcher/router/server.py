@@ -326,7 +326,7 @@ class Router:
                 self.rejected_total += 1
                 return self._busy(f"no slot freed within {self.config.queue_timeout_s:g} s")
             tried.add(member.name)
-            slot = self._slot_for(request.path, body, member)
+            slot = self._slot_for(request.path, body, member, key)
             sent = raw
             if slot is not None and isinstance(body, dict):
                 sent = json.dumps({**body, "id_slot": slot}).encode()
@@ -345,9 +345,10 @@ class Router:
             {"error": {"message": f"upstream failed: {last_error}", "code": 502}}, status=502
         )
 
-    def _slot_for(self, path: str, body: object, m: Member) -> int | None:
-        """The llama-server slot to ask for (``id_slot``): the lowest one free, for generation
-        requests to a llama-server; None to leave the choice to the worker (other endpoints,
+    def _slot_for(self, path: str, body: object, m: Member, key: str | None) -> int | None:
+        """The llama-server slot to ask for (``id_slot``): the lowest one free (one that last
+        served the same prompt start first), for generation requests to a llama-server; None
+        to leave the choice to the worker (other endpoints,
         a remote member, a request that names its slot, or affinity, where llama-server's own
         choice of the slot holding the same prompt start is the point)."""
         if (
@@ -358,7 +359,7 @@ class Router:
             or "id_slot" in body
         ):
             return None
-        return m.take_slot()
+        return m.take_slot(key)
 
     def _busy(self, why: str) -> web.Response:
         return web.json_response(
