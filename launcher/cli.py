@@ -937,7 +937,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
 
     from launcher.bench import results
-    from launcher.bench.compare import Bench, BenchRequest, plot, table
+    from launcher.bench.compare import Bench, BenchRequest, plot, server_flags, table
     from launcher.gpu.backend import open_backend
     from launcher.model.spec import read_model_spec
     from launcher.profiles import launch
@@ -987,6 +987,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{', '.join(map(str, request.users))}; {request.tokens} tokens after "
         f"{request.prompt_tokens}-token prompts"
     )
+    if flags := server_flags(extra_args):
+        _say(
+            f"llama-server settings beyond the plan: {' '.join(flags)} (kept apart from the "
+            "results that plan uses for the fleet up starts)"
+        )
     try:
         asyncio.run(bench.run())
     except KeyboardInterrupt:

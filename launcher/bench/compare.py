@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import statistics
 import time
@@ -237,6 +238,7 @@ class Bench:
             answer_tokens=self.request.tokens,
             ctx=self.ctx,
             workers=len(planned.processes),
+            server_flags=server_flags(self.request.extra_args),
             hardware_key=self.hardware_key,
             model_key=self.model_key,
             time=time.time(),
@@ -252,6 +254,13 @@ class Bench:
             f"{kind}: {users} user(s): {run.aggregate_tok_s:.1f} tok/s "
             f"(predicted {run.predicted_aggregate_tok_s:.1f}), {run.errors} errors{share}"
         )
+
+
+def server_flags(extra_args: tuple[str, ...]) -> list[str]:
+    """What the workers ran with beyond the plan: the profile's extra flags, then the
+    LLAMA_ARG_* variables llama-server reads from the environment it inherits."""
+    env = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("LLAMA_ARG_"))
+    return [*extra_args, *env]
 
 
 def worker_specs(layout: Layout, router_port: int, extra_args: tuple[str, ...]) -> list[WorkerSpec]:

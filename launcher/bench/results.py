@@ -59,6 +59,9 @@ class BenchRun:
     workers: int = 0  # llama-server processes of the layout (0: rows written before)
     # each worker's own tokens_predicted_total over the run: how evenly the router spread it
     worker_tokens: list[int] = field(default_factory=list)
+    # llama-server settings beyond the plan's: a profile's extra flags and LLAMA_ARG_* variables
+    # the workers inherited (e.g. ["LLAMA_ARG_CACHE_RAM=0"]); empty for the fleet `up` starts
+    server_flags: list[str] = field(default_factory=list)
     hardware_key: str = ""
     model_key: str = ""
     time: float = 0.0
@@ -93,7 +96,10 @@ def append(runs: list[BenchRun]) -> Path:
     return path
 
 
-def load(hardware: str, model: str) -> list[BenchRun]:
+def load(hardware: str, model: str, flags: list[str] | None = None) -> list[BenchRun]:
+    """The error-free runs of this box and model whose fleets ran with ``flags`` (default:
+    none beyond the plan's, which is what ``plan`` predicts), so that a bench with, say, the
+    prompt cache off does not correct the figures of fleets that keep it on."""
     path = results_path()
     if not path.is_file():
         return []
@@ -104,7 +110,12 @@ def load(hardware: str, model: str) -> list[BenchRun]:
             run = BenchRun(**data)
         except (ValueError, TypeError):
             continue
-        if run.hardware_key == hardware and run.model_key == model and not run.errors:
+        if (
+            run.hardware_key == hardware
+            and run.model_key == model
+            and not run.errors
+            and run.server_flags == (flags or [])
+        ):
             out.append(run)
     return out
 
