@@ -60,9 +60,9 @@ class Member:
         for it."""
         out = self.slots_taken | self.slots_foreign
         free = [i for i in range(self.slots) if i not in out]
-        same = [i for i in free if key is not None and self.slot_keys.get(i) == key]
         if not free:
             return None
+        same = [i for i in free if key is not None and self.slot_keys.get(i) == key]
         slot = (same or free)[0]
         self.slots_taken.add(slot)
         if key is not None:
