@@ -278,3 +278,23 @@ def test_runs_with_other_server_settings_do_not_calibrate_the_default_fleet(
     results.append([plain, other])
     assert [r.aggregate_tok_s for r in results.load("h", "m")] == [1600]
     assert [r.aggregate_tok_s for r in results.load("h", "m", other.server_flags)] == [2700]
+
+
+def test_bench_of_a_profile_records_its_extra_flags(
+    model_factory: Callable[..., Path], llama_server: Path, launcher_home: Path, tmp_path: Path
+) -> None:
+    profile = tmp_path / "nocache.toml"
+    profile.write_text(
+        f'format = 1\nname = "nocache"\nmodel = "{model_factory("llama")}"\n'
+        '[layout]\nkind = "cpu:1"\n[server]\nextra_args = ["--cache-ram", "0"]\n'
+    )
+    result = run_cli(
+        "bench", str(profile), "--users", "1", "--tokens", "8", "--prompt-tokens", "16", "--json",
+        env=bench_env(llama_server, launcher_home),
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "llama-server settings beyond the plan: --cache-ram 0" in result.stderr
+    [row] = json.loads(result.stdout)["runs"]
+    assert row["layout"] == "cpu:1" and row["server_flags"] == ["--cache-ram", "0"]
+    assert row["server_tokens"] == row["tokens"] == 4 * 8

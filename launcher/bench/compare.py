@@ -128,8 +128,8 @@ class Bench:
     async def _layout(self, kind: str) -> None:
         top = max(self.request.users)
         layout = self._plan(kind, top)
-        specs = worker_specs(layout, _free_port(), self.request.extra_args)
-        port = specs[0].port - 1
+        port = _free_port()
+        specs = worker_specs(layout, port, self.request.extra_args)
         log: list[str] = []
         sup = Supervisor(
             f"bench-{kind.replace(':', '')}",
