@@ -979,6 +979,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.ctx,
         args.requests_per_user,
         extra_args,
+        args.staggered,
     )
     backend = open_backend() if usable else None
     bench = Bench(spec, inventory, server, request, backend, _say)
@@ -986,7 +987,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"Bench of {spec.name}: layouts {', '.join(layouts)}; users "
         f"{', '.join(map(str, request.users))}; {request.tokens} tokens after "
         f"{request.prompt_tokens}-token prompts"
+        + ("; users start staggered" if request.staggered else "")
     )
+    if request.staggered:
+        _say(
+            "Staggered load: kept apart from the lockstep results that plan uses; the aggregate "
+            "counts the requests sent while every user was busy"
+        )
     if flags := server_flags(extra_args):
         _say(
             f"llama-server settings beyond the plan: {' '.join(flags)} (kept apart from the "
@@ -1260,6 +1267,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         metavar="N",
         help="requests each user sends at each concurrency (4)",
+    )
+    p.add_argument(
+        "--staggered",
+        action="store_true",
+        help="users start spread over one predicted request cycle instead of together "
+        "(each sends 2 more requests, while the others start or finish, that are not timed)",
     )
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -18,6 +19,7 @@ import pytest
 
 from launcher.bench import results
 from launcher.bench.compare import plot, server_flags, table, worker_specs
+from launcher.bench.load import LoadSpec, run_load
 from launcher.bench.results import BenchRun
 from launcher.plan.layouts import Layout, Process
 from launcher.plan.perf import Throughput, served_tok_s
@@ -278,6 +280,10 @@ def test_runs_with_other_server_settings_do_not_calibrate_the_default_fleet(
     results.append([plain, other])
     assert [r.aggregate_tok_s for r in results.load("h", "m")] == [1600]
     assert [r.aggregate_tok_s for r in results.load("h", "m", other.server_flags)] == [2700]
+    staggered = dataclasses.replace(plain, aggregate_tok_s=1900, arrivals="staggered")
+    results.append([staggered])  # a load measured differently is kept apart too
+    assert [r.aggregate_tok_s for r in results.load("h", "m")] == [1600]
+    assert [r.aggregate_tok_s for r in results.load("h", "m", arrivals="staggered")] == [1900]
 
 
 def test_bench_of_a_profile_records_its_extra_flags(
@@ -298,3 +304,69 @@ def test_bench_of_a_profile_records_its_extra_flags(
     [row] = json.loads(result.stdout)["runs"]
     assert row["layout"] == "cpu:1" and row["server_flags"] == ["--cache-ram", "0"]
     assert row["server_tokens"] == row["tokens"] == 4 * 8
+
+
+def test_staggered_bench_counts_every_request_and_stays_out_of_plan(
+    model_factory: Callable[..., Path], llama_server: Path, launcher_home: Path
+) -> None:
+    model = model_factory("llama")
+    env = bench_env(llama_server, launcher_home)
+    result = run_cli(
+        "bench", str(model), "--layouts", "cpu:1", "--users", "2", "--tokens", "8",
+        "--prompt-tokens", "16", "--staggered", "--json",
+        env=env,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "starts" in result.stderr and "ms apart" in result.stderr
+    [row] = json.loads(result.stdout)["runs"]
+    assert row["arrivals"] == "staggered" and row["errors"] == 0
+    # each user: its 4 timed requests, plus one before and one after them
+    assert row["requests"] == 2 * (4 + 2)
+    assert row["server_tokens"] == row["tokens"] == row["requests"] * 8
+    assert row["aggregate_tok_s"] > 0
+    shown = run_cli("plan", str(model), "--layout", "cpu:1", "--users", "2", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "from 'llama-launcher bench'" not in shown.stdout  # plan uses lockstep rows only
+
+
+async def test_staggered_load_spreads_the_starts_and_times_only_the_full_load() -> None:
+    # a stand-in for llama-server that streams 10 tokens, 5 ms apart, to every request
+    from aiohttp import web
+
+    arrived: dict[int, float] = {}
+
+    async def completion(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        arrived[int(body["prompt"].split(":")[0].split()[1])] = time.monotonic()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(10):
+            await asyncio.sleep(0.005)
+            await resp.write(b'data: {"content": "x"}\n\n')
+        await resp.write(b'data: {"content": "", "stop": true, "tokens_predicted": 10}\n\n')
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/completion", completion)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        url = (f"http://127.0.0.1:{port}",)
+        lockstep = await run_load(LoadSpec(url, 3, 6, 10, 8))
+        assert lockstep.requests == 6 and lockstep.tokens == 60
+        by_wall = lockstep.tokens / lockstep.wall_s
+        assert lockstep.aggregate_tok_s == pytest.approx(by_wall, rel=0.02)
+        arrived.clear()
+        staggered = await run_load(LoadSpec(url, 3, 6, 10, 8, stagger_s=0.15))
+    finally:
+        await runner.cleanup()
+    # each of the 3 users: its share of 2 timed requests, one before and one after them
+    assert staggered.requests == 12 and staggered.tokens == 120 and staggered.errors == 0
+    assert sorted(arrived) == list(range(12))
+    assert arrived[4] - arrived[0] >= 0.15 and arrived[8] - arrived[0] >= 0.30
+    # the offsets do not dilute the aggregate as they do tokens over wall time
+    assert staggered.aggregate_tok_s > staggered.tokens / staggered.wall_s

@@ -50,6 +50,7 @@ class BenchRequest:
     ctx: int | None = None
     requests_per_user: int = 4
     extra_args: tuple[str, ...] = ()  # a launch profile's extra llama-server flags
+    staggered: bool = False  # users start spread over one predicted request cycle
 
 
 def _free_port() -> int:
@@ -169,8 +170,23 @@ class Bench:
         self, kind: str, users: int, sup: Supervisor, urls: list[str], cards: list[int]
     ) -> None:
         assert sup.router is not None
+        planned = self._plan(kind, users)
+        decode = planned.throughput.aggregate_tok_s
+        predicted = served_tok_s(
+            decode,
+            planned.throughput.prompt_tok_s,
+            len(planned.processes),
+            users,
+            self.request.prompt_tokens,
+            self.request.tokens,
+        )
         n = max(users * self.request.requests_per_user, 4)
-        self.say(f"{kind}: {users} user(s), {n} requests of {self.request.tokens} tokens")
+        # staggered: user i starts i x (one request's predicted cycle / users) later, so that
+        # the prompts arrive spread over a cycle, not together
+        stagger = self.request.tokens / predicted if self.request.staggered and predicted else 0.0
+        sent = users * (-(-n // users) + 2) if stagger else n  # staggered: 2 untimed per user
+        how = f", starts {stagger * 1000:.0f} ms apart, 2 per user untimed" if stagger else ""
+        self.say(f"{kind}: {users} user(s), {sent} requests of {self.request.tokens} tokens{how}")
         powers: list[float] = []
 
         def on_samples(samples: list[GpuSample], tick: float) -> None:
@@ -186,7 +202,12 @@ class Bench:
             load_task = asyncio.create_task(
                 run_load(
                     LoadSpec(
-                        (sup.router.url,), users, n, self.request.tokens, self.request.prompt_tokens
+                        (sup.router.url,),
+                        users,
+                        n,
+                        self.request.tokens,
+                        self.request.prompt_tokens,
+                        stagger_s=stagger,
                     )
                 )
             )
@@ -201,16 +222,6 @@ class Bench:
                 if sampler:
                     sampler.stop()
             after = await _server_tokens(session, urls)
-        planned = self._plan(kind, users)
-        decode = planned.throughput.aggregate_tok_s
-        predicted = served_tok_s(
-            decode,
-            planned.throughput.prompt_tok_s,
-            len(planned.processes),
-            users,
-            self.request.prompt_tokens,
-            self.request.tokens,
-        )
         power = statistics.mean(powers) if powers else None
         price = sum(self.prices.get(c, 0.0) for c in cards) or None
         run = BenchRun(
@@ -239,6 +250,7 @@ class Bench:
             ctx=self.ctx,
             workers=len(planned.processes),
             server_flags=server_flags(self.request.extra_args),
+            arrivals="staggered" if stagger else "lockstep",
             hardware_key=self.hardware_key,
             model_key=self.model_key,
             time=time.time(),

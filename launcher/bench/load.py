@@ -1,10 +1,15 @@
 """A closed-loop load generator: N concurrent streaming clients, fixed prompt and output.
 
 Each client sends a request, reads the stream to the end, and sends the next, until the
-total request count is reached. Works against llama-server's native ``/completion`` and any
-OpenAI-compatible ``/v1/completions``. Output tokens are counted from the server's own
-figures when it gives them (``tokens_predicted`` in llama.cpp's last chunk, ``usage`` in
-OpenAI's), else one per streamed chunk.
+total request count is reached. By default every client starts at once (lockstep: with answers
+of one length their prompts keep arriving together). With ``stagger_s`` client i starts i x
+``stagger_s`` later and sends its share of the requests plus one before and one after them,
+while the others start or finish; the aggregate is then the sum over clients of the tokens of
+their shares over the time those took, so only requests sent while every client was busy count
+(the tokens and request counts still include every request). Works against llama-server's
+native ``/completion`` and any OpenAI-compatible ``/v1/completions``. Output tokens are
+counted from the server's own figures when it gives them (``tokens_predicted`` in llama.cpp's
+last chunk, ``usage`` in OpenAI's), else one per streamed chunk.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class LoadSpec:
     api_key: str | None = None
     model: str = "default"
     timeout_s: float = 600.0
+    stagger_s: float = 0.0  # client i sends its first request i x this later (0: lockstep)
 
 
 @dataclass
@@ -144,16 +150,36 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     # request sent on one that is closing fails through no fault of the server under test
     connector = aiohttp.TCPConnector(limit=max(spec.concurrency, 1) * 2, force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        rates: list[float] = []  # staggered: each client's tokens/s over its measured share
+        share = -(-spec.requests // max(spec.concurrency, 1))
 
-        async def client() -> None:
+        async def client(i: int) -> None:
             for index in counter:
                 results.append(await _one(session, spec, index))
 
+        async def staggered(i: int) -> None:
+            await asyncio.sleep(i * spec.stagger_s)
+            base = i * (share + 2)  # request indices no other client uses
+            await _one_kept(base)
+            began = time.monotonic()
+            mine = [await _one_kept(base + 1 + k) for k in range(share)]
+            took = time.monotonic() - began
+            await _one_kept(base + share + 1)
+            if took > 0 and all(r.ok for r in mine):
+                rates.append(sum(r.tokens for r in mine) / took)
+
+        async def _one_kept(index: int) -> RequestResult:
+            result = await _one(session, spec, index)
+            results.append(result)
+            return result
+
         started = time.monotonic()
-        await asyncio.gather(*(client() for _ in range(max(spec.concurrency, 1))))
+        clients = staggered if spec.stagger_s > 0 else client
+        await asyncio.gather(*(clients(i) for i in range(max(spec.concurrency, 1))))
         wall = time.monotonic() - started
     ok = [r for r in results if r.ok]
     tokens = sum(r.tokens for r in ok)
+    aggregate = sum(rates) if spec.stagger_s > 0 else tokens / wall if wall else 0.0
     per_user = [
         r.tokens / (r.latency_s - (r.ttft_s or 0))
         for r in ok
@@ -166,7 +192,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         errors=len(results) - len(ok),
         tokens=tokens,
         wall_s=round(wall, 3),
-        aggregate_tok_s=round(tokens / wall, 1) if wall else 0.0,
+        aggregate_tok_s=round(aggregate, 1),
         per_user_tok_s_p50=round(statistics.median(per_user), 1) if per_user else 0.0,
         ttft_ms_p50=round(statistics.median(ttfts), 1) if ttfts else None,
         latency_ms_p50=round(_pct(lat, 50), 1),

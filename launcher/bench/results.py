@@ -62,6 +62,8 @@ class BenchRun:
     # llama-server settings beyond the plan's: a profile's extra flags and LLAMA_ARG_* variables
     # the workers inherited (e.g. ["LLAMA_ARG_CACHE_RAM=0"]); empty for the fleet `up` starts
     server_flags: list[str] = field(default_factory=list)
+    # how the users' requests arrived: "lockstep" (all start together) or "staggered"
+    arrivals: str = "lockstep"
     hardware_key: str = ""
     model_key: str = ""
     time: float = 0.0
@@ -96,10 +98,13 @@ def append(runs: list[BenchRun]) -> Path:
     return path
 
 
-def load(hardware: str, model: str, flags: list[str] | None = None) -> list[BenchRun]:
+def load(
+    hardware: str, model: str, flags: list[str] | None = None, arrivals: str = "lockstep"
+) -> list[BenchRun]:
     """The error-free runs of this box and model whose fleets ran with ``flags`` (default:
-    none beyond the plan's, which is what ``plan`` predicts), so that a bench with, say, the
-    prompt cache off does not correct the figures of fleets that keep it on."""
+    none beyond the plan's, which is what ``plan`` predicts) under ``arrivals``, so that a
+    bench with, say, the prompt cache off does not correct the figures of fleets that keep it
+    on, and loads measured differently are not mixed."""
     path = results_path()
     if not path.is_file():
         return []
@@ -115,6 +120,7 @@ def load(hardware: str, model: str, flags: list[str] | None = None) -> list[Benc
             and run.model_key == model
             and not run.errors
             and run.server_flags == (flags or [])
+            and run.arrivals == arrivals
         ):
             out.append(run)
     return out
