@@ -367,6 +367,7 @@ async def test_staggered_load_spreads_the_starts_and_times_only_the_full_load() 
     # each of the 3 users: its share of 2 timed requests, one before and one after them
     assert staggered.requests == 12 and staggered.tokens == 120 and staggered.errors == 0
     assert sorted(arrived) == list(range(12))
-    assert arrived[4] - arrived[0] >= 0.15 and arrived[8] - arrived[0] >= 0.30
+    # (arrivals seen by the server: a few ms of connection time either way)
+    assert arrived[4] - arrived[0] > 0.13 and arrived[8] - arrived[0] > 0.28
     # the offsets do not dilute the aggregate as they do tokens over wall time
     assert staggered.aggregate_tok_s > staggered.tokens / staggered.wall_s
