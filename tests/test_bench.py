@@ -19,7 +19,7 @@ import pytest
 
 from launcher.bench import results
 from launcher.bench.compare import plot, server_flags, table, worker_specs
-from launcher.bench.load import LoadSpec, run_load
+from launcher.bench.load import LoadSpec, requests_sent, run_load
 from launcher.bench.results import BenchRun
 from launcher.plan.layouts import Layout, Process
 from launcher.plan.perf import Throughput, served_tok_s
@@ -361,11 +361,13 @@ async def test_staggered_load_spreads_the_starts_and_times_only_the_full_load() 
         by_wall = lockstep.tokens / lockstep.wall_s
         assert lockstep.aggregate_tok_s == pytest.approx(by_wall, rel=0.02)
         arrived.clear()
-        staggered = await run_load(LoadSpec(url, 3, 6, 10, 8, stagger_s=0.15))
+        spread = LoadSpec(url, 3, 6, 10, 8, stagger_s=0.15)
+        staggered = await run_load(spread)
     finally:
         await runner.cleanup()
     # each of the 3 users: its share of 2 timed requests, one before and one after them
-    assert staggered.requests == 12 and staggered.tokens == 120 and staggered.errors == 0
+    assert staggered.requests == 12 == requests_sent(spread)
+    assert staggered.tokens == 120 and staggered.errors == 0
     assert sorted(arrived) == list(range(12))
     # (arrivals seen by the server: a few ms of connection time either way)
     assert arrived[4] - arrived[0] > 0.13 and arrived[8] - arrived[0] > 0.28

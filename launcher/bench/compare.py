@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from launcher.bench import results
-from launcher.bench.load import LoadSpec, run_load
+from launcher.bench.load import LoadSpec, requests_sent, run_load
 from launcher.bench.results import BenchRun
 from launcher.errors import LauncherError
 from launcher.gpu.backend import GpuBackend
@@ -184,9 +184,21 @@ class Bench:
         # staggered: user i starts i x (one request's predicted cycle / users) later, so that
         # the prompts arrive spread over a cycle, not together
         stagger = self.request.tokens / predicted if self.request.staggered and predicted else 0.0
-        sent = users * (-(-n // users) + 2) if stagger else n  # staggered: 2 untimed per user
+        if self.request.staggered and not stagger:
+            self.say(f"{kind}: no prediction to space the starts by; users start together")
+        spec = LoadSpec(
+            (sup.router.url,),
+            users,
+            n,
+            self.request.tokens,
+            self.request.prompt_tokens,
+            stagger_s=stagger,
+        )
         how = f", starts {stagger * 1000:.0f} ms apart, 2 per user untimed" if stagger else ""
-        self.say(f"{kind}: {users} user(s), {sent} requests of {self.request.tokens} tokens{how}")
+        self.say(
+            f"{kind}: {users} user(s), {requests_sent(spec)} requests of "
+            f"{self.request.tokens} tokens{how}"
+        )
         powers: list[float] = []
 
         def on_samples(samples: list[GpuSample], tick: float) -> None:
@@ -199,18 +211,7 @@ class Bench:
             before = await _server_tokens(session, urls)
             if sampler:
                 sampler.start()
-            load_task = asyncio.create_task(
-                run_load(
-                    LoadSpec(
-                        (sup.router.url,),
-                        users,
-                        n,
-                        self.request.tokens,
-                        self.request.prompt_tokens,
-                        stagger_s=stagger,
-                    )
-                )
-            )
+            load_task = asyncio.create_task(run_load(spec))
             try:
                 result = await load_task
             except asyncio.CancelledError:

@@ -141,6 +141,19 @@ async def _one(session: aiohttp.ClientSession, spec: LoadSpec, index: int) -> Re
     return RequestResult(True, tokens, ttft, time.monotonic() - started)
 
 
+def _share(spec: LoadSpec) -> int:
+    """Staggered: the timed requests of each client."""
+    return -(-spec.requests // max(spec.concurrency, 1))
+
+
+def requests_sent(spec: LoadSpec) -> int:
+    """How many requests ``run_load(spec)`` sends: ``requests``, or when staggered each
+    client's share plus its two untimed ones."""
+    if spec.stagger_s > 0:
+        return max(spec.concurrency, 1) * (_share(spec) + 2)
+    return spec.requests
+
+
 async def run_load(spec: LoadSpec) -> LoadResult:
     """Run the load to the end and summarise it."""
     counter = iter(range(spec.requests))
@@ -151,30 +164,30 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     connector = aiohttp.TCPConnector(limit=max(spec.concurrency, 1) * 2, force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         rates: list[float] = []  # staggered: each client's tokens/s over its measured share
-        share = -(-spec.requests // max(spec.concurrency, 1))
+        share = _share(spec)
 
-        async def client(i: int) -> None:
-            for index in counter:
-                results.append(await _one(session, spec, index))
-
-        async def staggered(i: int) -> None:
-            await asyncio.sleep(i * spec.stagger_s)
-            base = i * (share + 2)  # request indices no other client uses
-            await _one_kept(base)
-            began = time.monotonic()
-            mine = [await _one_kept(base + 1 + k) for k in range(share)]
-            took = time.monotonic() - began
-            await _one_kept(base + share + 1)
-            if took > 0 and all(r.ok for r in mine):
-                rates.append(sum(r.tokens for r in mine) / took)
-
-        async def _one_kept(index: int) -> RequestResult:
+        async def send(index: int) -> RequestResult:
             result = await _one(session, spec, index)
             results.append(result)
             return result
 
+        async def lockstep(_: int) -> None:
+            for index in counter:
+                await send(index)
+
+        async def staggered(i: int) -> None:
+            await asyncio.sleep(i * spec.stagger_s)
+            base = i * (share + 2)  # request indices no other client uses
+            await send(base)
+            began = time.monotonic()
+            mine = [await send(base + 1 + k) for k in range(share)]
+            took = time.monotonic() - began
+            await send(base + share + 1)
+            if took > 0 and all(r.ok for r in mine):
+                rates.append(sum(r.tokens for r in mine) / took)
+
         started = time.monotonic()
-        clients = staggered if spec.stagger_s > 0 else client
+        clients = staggered if spec.stagger_s > 0 else lockstep
         await asyncio.gather(*(clients(i) for i in range(max(spec.concurrency, 1))))
         wall = time.monotonic() - started
     ok = [r for r in results if r.ok]
