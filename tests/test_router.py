@@ -367,6 +367,40 @@ def test_speed_is_the_best_recent_reading() -> None:
     assert meter.update(13.0, slots_reply([771, 771])) == 60.0  # t=1 left the window
 
 
+def test_speed_compares_readings_at_the_same_number_of_decoding_slots() -> None:
+    # per-slot speed falls as more slots decode together; a reading from a lighter phase
+    # (1 slot at 229 tok/s) must not stand for the member once it decodes 8 (70 tok/s)
+    meter = SpeedMeter(window_s=30.0)
+    assert meter.update(0.0, slots_reply([10])) is None
+    assert meter.update(1.0, slots_reply([239])) == 229.0
+    assert meter.update(2.0, slots_reply([468])) == 229.0
+    assert meter.update(3.0, slots_reply([5] * 8)) == 229.0  # 8 new requests: no reading yet
+    assert meter.update(4.0, slots_reply([75] * 8)) == 70.0
+    assert meter.update(5.0, slots_reply([135] * 8)) == 70.0  # stalled by a prompt: 60
+    assert meter.update(6.0, slots_reply([206] * 8)) == 71.0
+
+
+def test_identical_members_share_users_evenly_after_a_lighter_phase() -> None:
+    # 4 identical cards after a ladder of loads: members 0 and 1 still hold readings from when
+    # they decoded for one user, 2 and 3 not; at 8 users each, 32 users split 8/8/8/8
+    members = [Member(f"w{i}", f"http://127.0.0.1:{9000 + i}", slots=16) for i in range(4)]
+    for i, m in enumerate(members):
+        meter = SpeedMeter()
+        if i < 2:
+            meter.update(0.0, slots_reply([10]))
+            assert meter.update(1.0, slots_reply([239])) == 229.0
+        meter.update(10.0, slots_reply([300] * 8))
+        rate = meter.update(11.0, slots_reply([370 + i % 2] * 8))
+        assert rate is not None
+        m.tok_s_per_slot, m.healthy = rate, True
+    balancer = Balancer(members)
+    for _ in range(32):
+        m = balancer.pick()
+        assert m is not None
+        m.in_flight += 1
+    assert [m.in_flight for m in members] == [8, 8, 8, 8]
+
+
 def test_identical_members_share_users_evenly_through_stalls() -> None:
     # 4 identical cards, 8 users arriving while some members' readings were stalled by a
     # prompt: each card gets 2 (an average of readings gave the stalled ones almost nothing)

@@ -3,11 +3,11 @@
 Each member has slots (from its ``/slots``, refreshed by the health loop) and the router's own
 count of requests in flight on it. A request goes to the healthy member with the lowest
 ``(in_flight + 1) / (slots x speed)``, where speed is the member's measured tokens/s per busy
-slot (its best reading of the last 30 s, see ``SpeedMeter``) relative to the fastest, times the
-profile's ``weight``, so a slower card gets less. With affinity, a request whose prompt starts
-like an earlier one goes back to the same member if it has a free slot, so llama.cpp can reuse
-its prompt cache. When every slot is busy, requests wait in a bounded queue, first come first
-served.
+slot (its best reading of the last 30 s at its current load, see ``SpeedMeter``) relative to
+the fastest, times the profile's ``weight``, so a slower card gets less. With affinity, a
+request whose prompt starts like an earlier one goes back to the same member if it has a free
+slot, so llama.cpp can reuse its prompt cache. When every slot is busy, requests wait in a
+bounded queue, first come first served.
 """
 
 from __future__ import annotations
@@ -72,22 +72,28 @@ class Member:
 
 class SpeedMeter:
     """A member's decode tokens/s per slot: the best of its readings over the last
-    ``window_s`` seconds, each reading taken from two ``/slots`` replies in a row.
+    ``window_s`` seconds taken with as many slots decoding as the latest reading, each reading
+    taken from two ``/slots`` replies in a row.
 
     Only slots that were decoding the same request at both replies count: a slot still reading
-    its prompt (or one that just took a new request) has decoded nothing yet. And a reading
-    only ever comes out low, never high, for reasons that are not the card's speed: a prompt
-    processed in the same batch stalls every decoding slot for its length (a 70B prompt of 512
-    tokens stalls about 0.5 s, a whole reading), and more users per slot share the card. So the
-    speed is the best recent reading, not an average: an average of such readings lets
-    identical cards look far apart, and the router then stacks users on some of them.
+    its prompt (or one that just took a new request) has decoded nothing yet. A reading comes
+    out low, never high, for reasons that are not the card's speed: a prompt processed in the
+    same batch stalls every decoding slot for its length (a 70B prompt of 512 tokens stalls
+    about 0.5 s, a whole reading). So the speed is the best recent reading, not an average: an
+    average of such readings lets identical cards look far apart, and the router then stacks
+    users on some of them. But the speed per slot also falls as more slots decode together
+    (8B on an H100: 229 tok/s with one, 70 with eight), so only readings at the current number
+    of decoding slots compete. The best of the last 30 s whatever the load could keep a
+    reading from a lighter phase on some members and not on others, which makes identical
+    cards look up to 3x apart until it leaves the window (what a 4x H100 bench going from 16 to
+    32 users, 1.3x uneven, suggested; checked in docs/router.md).
     """
 
     def __init__(self, window_s: float = 30.0) -> None:
         self.window_s = window_s
         self._last: dict[object, tuple[object, int]] = {}
         self._time = 0.0
-        self._readings: deque[tuple[float, float]] = deque()
+        self._readings: deque[tuple[float, int, float]] = deque()  # time, slots, tok/s
 
     def update(self, now: float, slots: list[dict[str, object]]) -> float | None:
         """Take one ``/slots`` reply; the speed to use now (None until there is one)."""
@@ -103,10 +109,13 @@ class SpeedMeter:
                 rates.append((decoded - before[1]) / dt)
         self._last, self._time = current, now
         if rates:
-            self._readings.append((now, sum(rates) / len(rates)))
+            self._readings.append((now, len(rates), sum(rates) / len(rates)))
         while self._readings and self._readings[0][0] < now - self.window_s:
             self._readings.popleft()
-        return max(rate for _, rate in self._readings) if self._readings else None
+        if not self._readings:
+            return None
+        batch = self._readings[-1][1]
+        return max(rate for _, n, rate in self._readings if n == batch)
 
 
 class QueueFull(Exception):
