@@ -381,24 +381,37 @@ def test_speed_compares_readings_at_the_same_number_of_decoding_slots() -> None:
 
 
 def test_identical_members_share_users_evenly_after_a_lighter_phase() -> None:
-    # 4 identical cards after a ladder of loads: members 0 and 1 still hold readings from when
-    # they decoded for one user, 2 and 3 not; at 8 users each, 32 users split 8/8/8/8
+    # 4 identical cards: members 0 and 1 also hold readings from when one request decoded
+    # alone (an earlier light load, or the end of a burst: here the latest reading), 2 and 3
+    # not; compared at 8 decoding slots they are equal, and 32 users split 8/8/8/8
     members = [Member(f"w{i}", f"http://127.0.0.1:{9000 + i}", slots=16) for i in range(4)]
     for i, m in enumerate(members):
         meter = SpeedMeter()
-        if i < 2:
-            meter.update(0.0, slots_reply([10]))
-            assert meter.update(1.0, slots_reply([239])) == 229.0
         meter.update(10.0, slots_reply([300] * 8))
-        rate = meter.update(11.0, slots_reply([370 + i % 2] * 8))
-        assert rate is not None
-        m.tok_s_per_slot, m.healthy = rate, True
+        assert meter.update(11.0, slots_reply([370 + i % 2] * 8)) == 70.0 + i % 2
+        if i < 2:
+            meter.update(12.0, slots_reply([500]))
+            assert meter.update(13.0, slots_reply([729])) == 229.0
+        m.speeds, m.healthy = meter.by_slots(), True
     balancer = Balancer(members)
     for _ in range(32):
         m = balancer.pick()
         assert m is not None
         m.in_flight += 1
     assert [m.in_flight for m in members] == [8, 8, 8, 8]
+
+
+def test_a_slower_member_gets_fewer_users() -> None:
+    # compared at the same number of decoding slots, a card half as fast gets about half
+    fast = Member("fast", "http://127.0.0.1:9000", slots=16, healthy=True, speeds={4: 120.0})
+    slow = Member("slow", "http://127.0.0.1:9001", slots=16, healthy=True)
+    slow.speeds = {1: 100.0, 4: 60.0}  # alone it reads faster than the fast card loaded
+    balancer = Balancer([fast, slow])
+    for _ in range(12):
+        m = balancer.pick()
+        assert m is not None
+        m.in_flight += 1
+    assert (fast.in_flight, slow.in_flight) == (8, 4)
 
 
 def test_identical_members_share_users_evenly_through_stalls() -> None:
@@ -410,9 +423,8 @@ def test_identical_members_share_users_evenly_through_stalls() -> None:
     for t, stalled in ((0.0, set()), (0.5, set()), (1.0, {1, 2}), (1.5, {2, 3})):
         for i, (m, meter) in enumerate(zip(members, meters, strict=True)):
             decoded[i] += 0 if t == 0 else 2 if i in stalled else 120  # 240 tok/s, or stalled
-            rate = meter.update(t, slots_reply([decoded[i]]))
-            if rate is not None:
-                m.tok_s_per_slot = rate
+            meter.update(t, slots_reply([decoded[i]]))
+            m.speeds = meter.by_slots()
             m.healthy = True
     balancer = Balancer(members)
     for _ in range(8):

@@ -3,11 +3,11 @@
 Each member has slots (from its ``/slots``, refreshed by the health loop) and the router's own
 count of requests in flight on it. A request goes to the healthy member with the lowest
 ``(in_flight + 1) / (slots x speed)``, where speed is the member's measured tokens/s per busy
-slot (its best reading of the last 30 s at its current load, see ``SpeedMeter``) relative to
-the fastest, times the profile's ``weight``, so a slower card gets less. With affinity, a
-request whose prompt starts like an earlier one goes back to the same member if it has a free
-slot, so llama.cpp can reuse its prompt cache. When every slot is busy, requests wait in a
-bounded queue, first come first served.
+slot relative to the fastest, both read with as many slots decoding (the best readings of the
+last 30 s, see ``SpeedMeter``), times the profile's ``weight``, so a slower card gets less.
+With affinity, a request whose prompt starts like an earlier one goes back to the same member
+if it has a free slot, so llama.cpp can reuse its prompt cache. When every slot is busy,
+requests wait in a bounded queue, first come first served.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ class Member:
     slots: int = 1
     healthy: bool = False
     in_flight: int = 0
-    tok_s_per_slot: float = 0.0  # measured; 0 until known
+    tok_s_per_slot: float = 0.0  # measured at its current load; 0 until known
+    # best recent tok/s per slot by how many slots were decoding: what members are compared on
+    speeds: dict[int, float] = field(default_factory=dict)
     requests: int = 0
     errors: int = 0
     tokens: int = 0
@@ -71,9 +73,8 @@ class Member:
 
 
 class SpeedMeter:
-    """A member's decode tokens/s per slot: the best of its readings over the last
-    ``window_s`` seconds taken with as many slots decoding as the latest reading, each reading
-    taken from two ``/slots`` replies in a row.
+    """A member's decode tokens/s per slot, from two ``/slots`` replies in a row: the best of
+    its readings over the last ``window_s`` seconds, kept apart by how many slots were decoding.
 
     Only slots that were decoding the same request at both replies count: a slot still reading
     its prompt (or one that just took a new request) has decoded nothing yet. A reading comes
@@ -82,11 +83,11 @@ class SpeedMeter:
     about 0.5 s, a whole reading). So the speed is the best recent reading, not an average: an
     average of such readings lets identical cards look far apart, and the router then stacks
     users on some of them. But the speed per slot also falls as more slots decode together
-    (8B on an H100: 229 tok/s with one, 70 with eight), so only readings at the current number
-    of decoding slots compete. The best of the last 30 s whatever the load could keep a
-    reading from a lighter phase on some members and not on others, which makes identical
-    cards look up to 3x apart until it leaves the window (what a 4x H100 bench going from 16 to
-    32 users, 1.3x uneven, suggested; checked in docs/router.md).
+    (8B on an H100: 229 tok/s with one, 70 with eight), so readings taken at different loads
+    are not compared (``Balancer`` compares members at a number of decoding slots both have
+    readings for): the best of the last 30 s whatever the load kept readings from a lighter
+    moment (the end of a burst, when the last requests decode alone) on some members and not
+    on others, and identical cards looked up to 3x apart.
     """
 
     def __init__(self, window_s: float = 30.0) -> None:
@@ -115,7 +116,14 @@ class SpeedMeter:
         if not self._readings:
             return None
         batch = self._readings[-1][1]
-        return max(rate for _, n, rate in self._readings if n == batch)
+        return self.by_slots()[batch]
+
+    def by_slots(self) -> dict[int, float]:
+        """The best reading in the window for each number of decoding slots."""
+        best: dict[int, float] = {}
+        for _, n, rate in self._readings:
+            best[n] = max(rate, best.get(n, 0.0))
+        return best
 
 
 class QueueFull(Exception):
@@ -134,8 +142,15 @@ class Balancer:
         self._affinity: OrderedDict[str, str] = OrderedDict()
 
     def _speed(self, m: Member) -> float:
-        known = [x.tok_s_per_slot for x in self.members if x.tok_s_per_slot > 0]
-        relative = m.tok_s_per_slot / max(known) if known and m.tok_s_per_slot > 0 else 1.0
+        """``m``'s speed relative to the fastest member, times its weight. Two members are
+        compared at the largest number of decoding slots both have readings for; a member
+        with none in common with another is taken as fast as it."""
+        relative = 1.0
+        for x in self.members:
+            common = m.speeds.keys() & x.speeds.keys()
+            if x is not m and common:
+                n = max(common)
+                relative = min(relative, m.speeds[n] / x.speeds[n])
         return max(relative, 0.05) * m.weight
 
     def pick(self, key: str | None = None, exclude: set[str] | None = None) -> Member | None:

@@ -183,6 +183,7 @@ class Router:
         rate = meter.update(time.monotonic(), [s for s in slots if isinstance(s, dict)])
         if rate is not None:
             m.tok_s_per_slot = rate
+        m.speeds = meter.by_slots()
 
     async def _health_loop(self) -> None:
         while True:
