@@ -937,7 +937,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
 
     from launcher.bench import results
-    from launcher.bench.compare import Bench, BenchRequest, plot, server_flags, table
+    from launcher.bench.compare import Bench, BenchRequest, plot, server_flags, spread, table
     from launcher.gpu.backend import open_backend
     from launcher.model.spec import read_model_spec
     from launcher.profiles import launch
@@ -971,6 +971,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if args.requests_per_user < 1:
         raise LauncherError("--requests-per-user must be 1 or more.")
+    if args.rounds < 1:
+        raise LauncherError("--rounds must be 1 or more.")
     request = BenchRequest(
         layouts,
         _int_list(args.users, "--users"),
@@ -980,6 +982,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.requests_per_user,
         extra_args,
         args.staggered,
+        args.rounds,
     )
     backend = open_backend() if usable else None
     bench = Bench(spec, inventory, server, request, backend, _say)
@@ -988,6 +991,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{', '.join(map(str, request.users))}; {request.tokens} tokens after "
         f"{request.prompt_tokens}-token prompts"
         + ("; users start staggered" if request.staggered else "")
+        + (f"; {request.rounds} rounds" if request.rounds > 1 else "")
     )
     if request.staggered:
         _say(
@@ -1025,9 +1029,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(table(runs))
+        if rounds := spread(runs):
+            print("\nRounds (plan uses their mean):")
+            for line in rounds:
+                print(f"  {line}")
         if len({r.users for r in runs}) > 1:
             print()
-            print(plot(runs))
+            print(plot(results.averaged(runs)))
         if checks:
             print("\nCalibration check (each inner point predicted from the others):")
             for c in checks:
@@ -1273,6 +1281,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="users start spread over one predicted request cycle instead of together "
         "(each sends 2 more requests, while the others start or finish, that are not timed)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the whole ladder of concurrencies this many times in one fleet (1); "
+        "plan uses the mean, and the output says how far the rounds are apart",
     )
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")

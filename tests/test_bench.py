@@ -106,6 +106,32 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
     )
 
 
+def test_rounds_measure_the_ladder_again_and_plan_uses_their_mean(
+    model_factory: Callable[..., Path], llama_server: Path, launcher_home: Path
+) -> None:
+    model = model_factory("llama")
+    env = bench_env(llama_server, launcher_home)
+    args = ("bench", str(model), "--layouts", "cpu:1", "--users", "1,2")
+    small = ("--tokens", "8", "--prompt-tokens", "32")
+    bad = run_cli(*args, "--rounds", "0", *small, env=env)
+    assert bad.returncode != 0 and "--rounds must be 1 or more." in bad.stderr
+    result = run_cli(*args, "--rounds", "2", *small, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "cpu:1: round 2 of 2" in result.stderr
+    rows = [json.loads(line) for line in (launcher_home / "state/bench/results.jsonl").open()]
+    assert [r["users"] for r in rows] == [1, 2, 1, 2]  # the ladder, then the ladder again
+    assert all(r["server_tokens"] == r["tokens"] for r in rows)
+    assert "Rounds (plan uses their mean):" in result.stdout
+    two = [r["aggregate_tok_s"] for r in rows if r["users"] == 2]
+    mean = sum(two) / 2
+    assert f"cpu:1 at 2 user(s): {two[0]:.1f} / {two[1]:.1f} tok/s, mean {mean:.1f}" in (
+        result.stdout
+    )
+    shown = run_cli("plan", str(model), "--layout", "cpu:1", "--users", "2", env=env)
+    assert f"On this box: {mean:.0f} tok/s for 2 user(s) (measured" in shown.stdout
+    assert not servers_of(model)
+
+
 def test_ctrl_c_keeps_the_finished_rows(
     model_factory: Callable[..., Path], llama_server: Path, launcher_home: Path, tmp_path: Path
 ) -> None:
@@ -204,6 +230,27 @@ def test_calibration_does_not_interpolate_across_the_decode_kernel_change() -> N
     assert old is not None and old.factor(8) == pytest.approx(1.20 + 0.58 / 2)
 
 
+def test_plan_says_when_a_calibrated_figure_lies_beyond_the_measured_points() -> None:
+    # on 4x H100 the held-out checks beyond the last measured point of a side (8B per-card at
+    # 32 users from 1, 4, 16) missed by up to 19.5%; between measured points they held
+    runs = [
+        dataclasses.replace(_run("per-card", u, r * 1000, 1000), workers=4)
+        for u, r in ((1, 0.8), (4, 0.8), (16, 0.6))
+    ]
+    _, inside = results.calibrated(runs, "per-card", 8, 1000, 0, 4) or (0, "")
+    assert inside == "calibrated on 3 measured point(s)"
+    _, beyond = results.calibrated(runs, "per-card", 32, 1000, 0, 4) or (0, "")
+    assert beyond == (
+        "calibrated on 3 measured point(s); beyond the 1 to 16 user(s) measured at up to 8 per "
+        "worker, so less sure: 'bench --users 32' measures it"
+    )
+    # 64 users are 16 per worker, a side with no measurement: the other side's points serve
+    _, other = results.calibrated(runs, "per-card", 64, 1000, 0, 4) or (0, "")
+    assert "beyond the 1 to 16 user(s) measured at up to 8 per worker" in other
+    fix = results.correction(runs, "per-card")
+    assert fix is not None and fix.inside(2) and fix.inside(16) and not fix.inside(17)
+
+
 def test_holdout_check_predicts_each_inner_point_from_the_others() -> None:
     runs = [_run("per-card", u, r * 1000, 1000) for u, r in ((1, 0.9), (16, 0.6), (64, 0.7))]
     runs.append(_run("pooled-layer", 1, 100, 100))
@@ -230,7 +277,10 @@ def test_plan_calibrates_the_prediction_for_the_traffic_the_bench_ran() -> None:
     )
     value, source = results.calibrated([run], "per-card", 8, 400, 1000, 4) or (0, "")
     assert value == pytest.approx(served_tok_s(400, 1000, 4, 8, 512, 128) * 0.75)
-    assert source == ("calibrated on 1 measured point(s), 512-token prompts, 128-token answers")
+    assert source == (
+        "calibrated on 1 measured point(s), 512-token prompts, 128-token answers; beyond the 1 "
+        "user(s) measured at up to 8 per worker, so less sure: 'bench --users 8' measures it"
+    )
     assert results.calibrated([run], "per-card", 1, 400, 1000, 4) == (
         150,
         "measured, 512-token prompts, 128-token answers",

@@ -336,7 +336,7 @@ async def test_plan_screen_plots_this_boxs_bench_results(
                 hardware_key="nvml",
                 model_key=key,
             )
-            for u, tok in ((1, 120.0), (4, 300.0))
+            for u, tok in ((1, 120.0), (4, 300.0), (4, 200.0))  # two rounds at 4 users
         ]
     )
     svc = services(gpu_boxes.no_driver_backend())
@@ -347,4 +347,5 @@ async def test_plan_screen_plots_this_boxs_bench_results(
     async with app.run_test(size=(140, 45)) as pilot:
         await pilot.pause(0.3)
         text = str(app.query_one("#plan-bench").render())
-        assert "Measured on this box" in text and "* cpu:1" in text and "300" in text
+        assert "Measured on this box" in text and "* cpu:1" in text
+        assert "250" in text and "300" not in text  # the rounds' mean, as plan uses

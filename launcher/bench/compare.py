@@ -2,10 +2,10 @@
 and set the measurement beside the planner's prediction.
 
 For each layout: plan it, start its fleet (supervisor and router, in this process), run the
-closed-loop load at each concurrency, read the workers' own token counters and the cards'
-power during the run, stop the fleet. The prediction beside each row is the planner's for the
-same traffic (prompts included). Each row is saved as soon as it is measured; Ctrl-C stops the
-fleet cleanly and keeps the rows already measured.
+closed-loop load at each concurrency (the whole ladder ``rounds`` times), read the workers'
+own token counters and the cards' power during the run, stop the fleet. The prediction beside
+each row is the planner's for the same traffic (prompts included). Each row is saved as soon as
+it is measured; Ctrl-C stops the fleet cleanly and keeps the rows already measured.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class BenchRequest:
     requests_per_user: int = 4
     extra_args: tuple[str, ...] = ()  # a launch profile's extra llama-server flags
     staggered: bool = False  # users start spread over one predicted request cycle
+    rounds: int = 1  # times each layout's ladder of concurrencies is measured, in one fleet
 
 
 def _free_port() -> int:
@@ -152,8 +153,11 @@ class Bench:
                 raise LauncherError(f"Layout {kind} did not start:\n{tail}")
             urls = [w.state.url for w in sup.workers]
             await self._warm_up(kind, urls)
-            for users in sorted(self.request.users):
-                await self._measure(kind, users, sup, urls, cards)
+            for n in range(self.request.rounds):
+                if self.request.rounds > 1:
+                    self.say(f"{kind}: round {n + 1} of {self.request.rounds}")
+                for users in sorted(self.request.users):
+                    await self._measure(kind, users, sup, urls, cards)
         finally:
             sup.request_stop()
             await asyncio.shield(task)
@@ -316,6 +320,25 @@ def table(runs: list[BenchRun]) -> str:
             f"{usd:>9}"
         )
     return "\n".join(lines)
+
+
+def spread(runs: list[BenchRun]) -> list[str]:
+    """For each layout and concurrency measured more than once (rounds), the aggregates and
+    how far apart they are: the noise any calibrated figure carries."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in runs:
+        groups.setdefault((r.layout, r.users), []).append(r.aggregate_tok_s)
+    lines = []
+    for (layout, users), values in groups.items():
+        if len(values) < 2:
+            continue
+        mean = statistics.mean(values)
+        apart = (max(values) - min(values)) / mean * 100 if mean else 0.0
+        lines.append(
+            f"{layout} at {users} user(s): {' / '.join(f'{v:.1f}' for v in values)} tok/s, "
+            f"mean {mean:.1f}, {apart:.1f}% apart"
+        )
+    return lines
 
 
 def plot(runs: list[BenchRun], width: int = 60, height: int = 12) -> str:

@@ -12,7 +12,11 @@ its CUDA backend multiplies with matrix-vector kernels (MMVQ), above that with t
 measured/predicted stayed at 1.20-1.25 from 2 to 8 users and jumped to 1.78 at 16), so a
 concurrency is corrected from the measured points on its own side when there are any.
 ``plan`` multiplies its prediction for the same traffic by it, and says when a figure is a
-measurement. ``holdout_check`` predicts each inner point from the others.
+measurement, and when it lies beyond the measured concurrencies of its side (where the
+correction is carried flat, and the held-out checks on 4x H100 missed most often).
+Several benches of the same layout on one box are averaged point by point, which is how
+rounds reduce the noise of one measurement. ``holdout_check`` predicts each inner point from
+the others.
 """
 
 from __future__ import annotations
@@ -126,6 +130,18 @@ def load(
     return out
 
 
+def averaged(runs: list[BenchRun]) -> list[BenchRun]:
+    """One row per layout and concurrency, its aggregate the mean of the rows measured there
+    (several benches on one box are rounds: what ``plan`` corrects with is their mean too)."""
+    groups: dict[tuple[str, int], list[BenchRun]] = {}
+    for r in sorted(runs, key=lambda r: r.time):
+        groups.setdefault((r.layout, r.users), []).append(r)
+    return [
+        replace(rs[-1], aggregate_tok_s=sum(r.aggregate_tok_s for r in rs) / len(rs))
+        for rs in groups.values()
+    ]
+
+
 def big_batch(users: int, workers: int) -> bool | None:
     """Whether ``users`` spread over ``workers`` decode in batches above MMVQ_MAX_BATCH (None:
     the number of workers is not known)."""
@@ -148,9 +164,20 @@ class Correction:
     def points(self) -> tuple[int, ...]:
         return tuple(sorted(self.ratios))
 
-    def factor(self, users: int) -> float:
+    def points_for(self, users: int) -> tuple[int, ...]:
+        """The measured concurrencies that correct ``users``: those on its side of the kernel
+        change, or all of them when its side has none."""
         side = big_batch(users, self.workers)
-        pts = tuple(p for p in self.points if big_batch(p, self.workers) == side) or self.points
+        return tuple(p for p in self.points if big_batch(p, self.workers) == side) or self.points
+
+    def inside(self, users: int) -> bool:
+        """Whether ``users`` lies between two of the points that correct it (or on one): an
+        interpolation, not a figure carried beyond what was measured."""
+        pts = self.points_for(users)
+        return pts[0] <= users <= pts[-1]
+
+    def factor(self, users: int) -> float:
+        pts = self.points_for(users)
         if users <= pts[0]:
             return self.ratios[pts[0]]
         if users >= pts[-1]:
@@ -223,10 +250,23 @@ def calibrated(
     if users in fix.measured:
         return fix.measured[users], f"measured{fix.traffic}"
     predicted = predicted_for(fix, users, decode_tok_s, prompt_tok_s, workers)
-    return (
-        predicted * fix.factor(users),
-        f"calibrated on {len(fix.points)} measured point(s){fix.traffic}",
-    )
+    source = f"calibrated on {len(fix.points)} measured point(s){fix.traffic}"
+    if not fix.inside(users):
+        pts = fix.points_for(users)
+        measured = f"{pts[0]}" if len(pts) == 1 else f"{pts[0]} to {pts[-1]}"
+        source += (
+            f"; beyond the {measured} user(s) measured{_side(pts, fix.workers)}, so less sure: "
+            f"'bench --users {users}' measures it"
+        )
+    return predicted * fix.factor(users), source
+
+
+def _side(points: tuple[int, ...], workers: int) -> str:
+    """`` at up to 8 per worker`` (the side of the kernel change ``points`` are on)."""
+    side = big_batch(points[0], workers)
+    if side is None:
+        return ""
+    return f" at {'more than' if side else 'up to'} {MMVQ_MAX_BATCH} per worker"
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,7 @@ class PlanPane(Widget):
         )
         if not runs:
             return "No bench results for this model here yet ('llama-launcher bench')."
-        latest = {(r.layout, r.users): r for r in sorted(runs, key=lambda r: r.time)}
-        return "Measured on this box:\n" + plot(list(latest.values()))
+        return "Measured on this box:\n" + plot(results.averaged(runs))
 
     @on(OptionList.OptionHighlighted, "#plan-layouts")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
