@@ -241,12 +241,12 @@ def test_plan_says_when_a_calibrated_figure_lies_beyond_the_measured_points() ->
     assert inside == "calibrated on 3 measured point(s)"
     _, beyond = results.calibrated(runs, "per-card", 32, 1000, 0, 4) or (0, "")
     assert beyond == (
-        "calibrated on 3 measured point(s); beyond the 1 to 16 user(s) measured at up to 8 per "
+        "calibrated on 3 measured point(s); outside the 1 to 16 user(s) measured at up to 8 per "
         "worker, so less sure: 'bench --users 32' measures it"
     )
     # 64 users are 16 per worker, a side with no measurement: the other side's points serve
     _, other = results.calibrated(runs, "per-card", 64, 1000, 0, 4) or (0, "")
-    assert "beyond the 1 to 16 user(s) measured at up to 8 per worker" in other
+    assert "outside the 1 to 16 user(s) measured at up to 8 per worker" in other
     fix = results.correction(runs, "per-card")
     assert fix is not None and fix.inside(2) and fix.inside(16) and not fix.inside(17)
 
@@ -278,7 +278,7 @@ def test_plan_calibrates_the_prediction_for_the_traffic_the_bench_ran() -> None:
     value, source = results.calibrated([run], "per-card", 8, 400, 1000, 4) or (0, "")
     assert value == pytest.approx(served_tok_s(400, 1000, 4, 8, 512, 128) * 0.75)
     assert source == (
-        "calibrated on 1 measured point(s), 512-token prompts, 128-token answers; beyond the 1 "
+        "calibrated on 1 measured point(s), 512-token prompts, 128-token answers; outside the 1 "
         "user(s) measured at up to 8 per worker, so less sure: 'bench --users 8' measures it"
     )
     assert results.calibrated([run], "per-card", 1, 400, 1000, 4) == (

@@ -12,7 +12,7 @@ its CUDA backend multiplies with matrix-vector kernels (MMVQ), above that with t
 measured/predicted stayed at 1.20-1.25 from 2 to 8 users and jumped to 1.78 at 16), so a
 concurrency is corrected from the measured points on its own side when there are any.
 ``plan`` multiplies its prediction for the same traffic by it, and says when a figure is a
-measurement, and when it lies beyond the measured concurrencies of its side (where the
+measurement, and when it lies outside the measured concurrencies of its side (where the
 correction is carried flat, and the held-out checks on 4x H100 missed most often).
 Several benches of the same layout on one box are averaged point by point, which is how
 rounds reduce the noise of one measurement. ``holdout_check`` predicts each inner point from
@@ -255,7 +255,7 @@ def calibrated(
         pts = fix.points_for(users)
         measured = f"{pts[0]}" if len(pts) == 1 else f"{pts[0]} to {pts[-1]}"
         source += (
-            f"; beyond the {measured} user(s) measured{_side(pts, fix.workers)}, so less sure: "
+            f"; outside the {measured} user(s) measured{_side(pts, fix.workers)}, so less sure: "
             f"'bench --users {users}' measures it"
         )
     return predicted * fix.factor(users), source
