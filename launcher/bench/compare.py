@@ -325,13 +325,11 @@ def table(runs: list[BenchRun]) -> str:
 def spread(runs: list[BenchRun]) -> list[str]:
     """For each layout and concurrency measured more than once (rounds), the aggregates and
     how far apart they are: the noise any calibrated figure carries."""
-    groups: dict[tuple[str, int], list[float]] = {}
-    for r in runs:
-        groups.setdefault((r.layout, r.users), []).append(r.aggregate_tok_s)
     lines = []
-    for (layout, users), values in groups.items():
-        if len(values) < 2:
+    for (layout, users), rows in results.by_point(runs).items():
+        if len(rows) < 2:
             continue
+        values = [r.aggregate_tok_s for r in rows]
         mean = statistics.mean(values)
         apart = (max(values) - min(values)) / mean * 100 if mean else 0.0
         lines.append(

@@ -130,15 +130,21 @@ def load(
     return out
 
 
-def averaged(runs: list[BenchRun]) -> list[BenchRun]:
-    """One row per layout and concurrency, its aggregate the mean of the rows measured there
-    (several benches on one box are rounds: what ``plan`` corrects with is their mean too)."""
+def by_point(runs: list[BenchRun]) -> dict[tuple[str, int], list[BenchRun]]:
+    """The rows of each layout and concurrency, oldest first (several benches of one box, or
+    ``--rounds``, measure a point more than once)."""
     groups: dict[tuple[str, int], list[BenchRun]] = {}
     for r in sorted(runs, key=lambda r: r.time):
         groups.setdefault((r.layout, r.users), []).append(r)
+    return groups
+
+
+def averaged(runs: list[BenchRun]) -> list[BenchRun]:
+    """One row per layout and concurrency, its aggregate the mean of the rows measured there
+    (what ``plan`` corrects with is their mean too)."""
     return [
         replace(rs[-1], aggregate_tok_s=sum(r.aggregate_tok_s for r in rs) / len(rs))
-        for rs in groups.values()
+        for rs in by_point(runs).values()
     ]
 
 
