@@ -248,13 +248,11 @@ def cmd_hardware_list(args: argparse.Namespace) -> int:
 def _server_target(args: argparse.Namespace, inventory: Inventory) -> tuple[ServerTarget, str]:
     """The llama-server the plan is for: the local build, else the pinned version's abilities."""
     from launcher.plan.layouts import ServerTarget
-    from launcher.run.server_binary import find_server, probe
+    from launcher.run.server_binary import find_server, probe, server_target
 
     try:
         server = find_server(args.llama_server)
-        caps = probe(server)
-        modes = tuple(m for m in caps.split_modes if m != "row")  # -sm row fails (DESIGN.md)
-        return ServerTarget(str(server.path), modes, caps.supports_fit), f"{server.path}"
+        return server_target(server, probe(server)), f"{server.path}"
     except LauncherError:
         if inventory.source == "nvml":
             return ServerTarget(), "llama-server (none found; assuming the pinned llama.cpp)"
@@ -325,14 +323,18 @@ def _plan_json(result: Plan, inventory: Inventory) -> dict[str, object]:
     }
 
 
-def _measured(result: Plan, inventory: Inventory) -> dict[str, tuple[float, str]]:
+def _measured(
+    result: Plan, inventory: Inventory, server: ServerTarget
+) -> dict[str, tuple[float, str]]:
     """Bench results of this box for the plan's layouts: measured or calibrated aggregates."""
     from launcher.bench import results
+    from launcher.plan.layouts import default_flags
 
     cards = inventory.local.cards
     runs = results.load(
         results.hardware_key([c.uuid for c in cards], inventory.source),
         results.model_key(result.spec),
+        default_flags(server),
     )
     out = {}
     for r in result.layouts:
@@ -348,6 +350,17 @@ def _measured(result: Plan, inventory: Inventory) -> dict[str, tuple[float, str]
         if fixed is not None:
             out[r.layout.kind] = fixed
     return out
+
+
+def _stale_note(result: Plan, inventory: Inventory, server: ServerTarget) -> str | None:
+    from launcher.bench import results
+    from launcher.plan.layouts import default_flags
+
+    return results.stale_note(
+        results.hardware_key([c.uuid for c in inventory.local.cards], inventory.source),
+        results.model_key(result.spec),
+        default_flags(server),
+    )
 
 
 def print_plan(
@@ -414,7 +427,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     result = plan(
         spec, inventory, workload, server, args.layout, mmproj_bytes=mmproj, mmproj_path=args.mmproj
     )
-    measured = _measured(result, inventory)
+    measured = _measured(result, inventory, server)
     if args.json:
         data = _plan_json(result, inventory)
         for entry, r in zip(data["layouts"], result.layouts, strict=True):  # type: ignore[call-overload]
@@ -424,6 +437,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print_plan(result, inventory, note, measured)
+        if stale := _stale_note(result, inventory, server):
+            print(f"Note: {stale}")
     if args.verify:
         return _verify(result, args)
     return 0 if result.best is not None else 3
@@ -578,6 +593,7 @@ def _plan_fleet(profile: LaunchProfile, args: argparse.Namespace) -> tuple[Layou
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from launcher.plan.layouts import with_extra_args
     from launcher.run import supervisor as sup
 
     profile = _launch_profile_for(args)
@@ -590,7 +606,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     fa = "on" if profile.flash_attn else "off"
     specs = [
         sup.WorkerSpec(
-            _with_flag(tuple(p.argv), "-fa", fa) + tuple(profile.extra_args),
+            with_extra_args(_with_flag(tuple(p.argv), "-fa", fa), profile.extra_args),
             dict(p.env),
             p.port,
             p.cards,

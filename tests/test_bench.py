@@ -87,6 +87,10 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
     assert min(runs[3]["worker_tokens"]) > 0  # 2 users on cpu:2: the router used both
     assert json.loads(out.read_text()) == json.loads(result.stdout)
     assert json.loads(result.stdout)["calibration_check"] == []  # two points: no inner one
+    # the workers ran with llama.cpp's RAM prompt cache off, as the rows record
+    assert all(r["server_defaults"] == ["--cache-ram", "0"] for r in runs)
+    log = (launcher_home / "state/logs/bench-cpu2/w1.log").read_text()
+    assert "--cache-idle-slots requires --cache-ram, disabling" in log
     stored = (launcher_home / "state/bench/results.jsonl").read_text().splitlines()
     assert len(stored) == 4
     assert not servers_of(model)
@@ -103,6 +107,23 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
     assert (
         "tok/s for 2 user(s) (measured, 32-token prompts, 16-token answers, from "
         "'llama-launcher bench')" in shown.stdout
+    )
+    # rows an older launcher wrote (prompt cache on, no server_defaults) are named, not used
+    older = [json.loads(line) for line in stored]
+    for row in older:
+        del row["server_defaults"]
+    (launcher_home / "state/bench/results.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in older)
+    )
+    shown = run_cli(
+        "plan", str(model), "--layout", "cpu:2", "--users", "2",
+        env=bench_env(llama_server, launcher_home),
+    )  # fmt: skip
+    assert "(measured" not in shown.stdout
+    assert (
+        "Note: 4 bench result(s) of this model here were measured with llama.cpp's RAM prompt "
+        "cache on, which the launcher now turns off, so they are not used; run 'llama-launcher "
+        "bench' again to calibrate." in shown.stdout
     )
 
 
@@ -302,47 +323,63 @@ def test_table_and_plot() -> None:
 
 
 def test_bench_of_a_profile_starts_workers_with_its_extra_flags() -> None:
-    # `bench PROFILE` measures the fleet `up PROFILE` would start: e.g. --cache-ram 0, which
-    # changed 8B per-card throughput on 4x H100 by 10-40%
+    # `bench PROFILE` measures the fleet `up PROFILE` would start; a profile that turns the
+    # RAM prompt cache back on replaces the launcher's --cache-ram 0 instead of repeating it
     procs = tuple(
-        Process(("llama-server", "-m", "m.gguf", "--port", str(8081 + i)), {}, (i,), 8081 + i, 4)
+        Process(("llama-server", "-m", "m.gguf", "--port", str(8081 + i), "--cache-ram", "0"),
+                {}, (i,), 8081 + i, 4)
         for i in range(2)
-    )
+    )  # fmt: skip
     layout = Layout("per-card", procs, (), 0, Throughput(1.0, 1.0, 1.0))
-    specs = worker_specs(layout, 9000, ("--cache-ram", "0"))
+    specs = worker_specs(layout, 9000, ("--temp", "0.7"))
     assert [s.port for s in specs] == [9001, 9002]
     assert specs[1].argv == (
-        "llama-server", "-m", "m.gguf", "--port", "9002", "--cache-ram", "0",
+        "llama-server", "-m", "m.gguf", "--port", "9002", "--cache-ram", "0", "--temp", "0.7",
     )  # fmt: skip
-    assert specs[0].cards == (0,) and worker_specs(layout, 9000, ())[0].argv[-1] == "9001"
+    assert specs[0].cards == (0,)
+    assert worker_specs(layout, 9000, ("--cache-ram", "8192"))[0].argv == (
+        "llama-server", "-m", "m.gguf", "--port", "9001", "--cache-ram", "8192",
+    )  # fmt: skip
+    assert worker_specs(layout, 9000, ("--cache-ram=8192",))[0].argv[-2:] == (
+        "9001",
+        "--cache-ram=8192",
+    )
 
 
 def test_runs_with_other_server_settings_do_not_calibrate_the_default_fleet(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # a bench with the prompt cache off measured 1.6x more at 64 users on 4x H100: it must
-    # not correct what plan says about the fleet `up` starts (cache on)
+    # on 4x H100 the 8B per-card fleet served 1.4-1.6x more at 64 users with the prompt cache
+    # off than on: rows measured with it on (written before the launcher turned it off, or
+    # with a profile's --cache-ram) must not correct what plan says about the fleet `up` starts
     monkeypatch.setenv("LLAMA_LAUNCHER_HOME", str(tmp_path))
-    monkeypatch.setenv("LLAMA_ARG_CACHE_RAM", "0")
-    assert server_flags(("--temp", "0.7")) == ["--temp", "0.7", "LLAMA_ARG_CACHE_RAM=0"]
-    plain = dataclasses.replace(_run("per-card", 64, 1600, 2800), hardware_key="h", model_key="m")
-    other = dataclasses.replace(plain, aggregate_tok_s=2700, server_flags=server_flags(()))
-    results.append([plain, other])
-    assert [r.aggregate_tok_s for r in results.load("h", "m")] == [1600]
-    assert [r.aggregate_tok_s for r in results.load("h", "m", other.server_flags)] == [2700]
+    off = ["--cache-ram", "0"]
+    plain = dataclasses.replace(
+        _run("per-card", 64, 2700, 2800), hardware_key="h", model_key="m", server_defaults=off
+    )
+    before = dataclasses.replace(plain, aggregate_tok_s=1600, server_defaults=[])
+    cache_on = dataclasses.replace(
+        plain, aggregate_tok_s=1700, server_flags=["--cache-ram", "8192"]
+    )
+    results.append([plain, before, cache_on])
+    assert [r.aggregate_tok_s for r in results.load("h", "m", off)] == [2700]
+    assert [r.aggregate_tok_s for r in results.load("h", "m", [])] == [1600]  # an older server
+    assert [r.aggregate_tok_s for r in results.load("h", "m", off, cache_on.server_flags)] == [1700]
+    monkeypatch.setenv("LLAMA_ARG_THREADS", "8")
+    assert server_flags(("--temp", "0.7")) == ["--temp", "0.7", "LLAMA_ARG_THREADS=8"]
     staggered = dataclasses.replace(plain, aggregate_tok_s=1900, arrivals="staggered")
     results.append([staggered])  # a load measured differently is kept apart too
-    assert [r.aggregate_tok_s for r in results.load("h", "m")] == [1600]
-    assert [r.aggregate_tok_s for r in results.load("h", "m", arrivals="staggered")] == [1900]
+    assert [r.aggregate_tok_s for r in results.load("h", "m", off)] == [2700]
+    assert [r.aggregate_tok_s for r in results.load("h", "m", off, arrivals="staggered")] == [1900]
 
 
 def test_bench_of_a_profile_records_its_extra_flags(
     model_factory: Callable[..., Path], llama_server: Path, launcher_home: Path, tmp_path: Path
 ) -> None:
-    profile = tmp_path / "nocache.toml"
+    profile = tmp_path / "cache.toml"
     profile.write_text(
-        f'format = 1\nname = "nocache"\nmodel = "{model_factory("llama")}"\n'
-        '[layout]\nkind = "cpu:1"\n[server]\nextra_args = ["--cache-ram", "0"]\n'
+        f'format = 1\nname = "cache"\nmodel = "{model_factory("llama")}"\n'
+        '[layout]\nkind = "cpu:1"\n[server]\nextra_args = ["--cache-ram", "64"]\n'
     )
     result = run_cli(
         "bench", str(profile), "--users", "1", "--tokens", "8", "--prompt-tokens", "16", "--json",
@@ -350,9 +387,13 @@ def test_bench_of_a_profile_records_its_extra_flags(
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "llama-server settings beyond the plan: --cache-ram 0" in result.stderr
+    assert "llama-server settings beyond the plan: --cache-ram 64" in result.stderr
     [row] = json.loads(result.stdout)["runs"]
-    assert row["layout"] == "cpu:1" and row["server_flags"] == ["--cache-ram", "0"]
+    assert row["layout"] == "cpu:1" and row["server_flags"] == ["--cache-ram", "64"]
+    # the profile's value replaced the launcher's: the prompt cache ran, no repeated flag
+    log = (launcher_home / "state/logs/bench-cpu1/w0.log").read_text()
+    assert "--cache-idle-slots requires --cache-ram" not in log
+    assert "specified multiple times" not in log
     assert row["server_tokens"] == row["tokens"] == 4 * 8
 
 

@@ -190,9 +190,11 @@ def test_probe_reads_the_real_server_once(llama_server: Path) -> None:
     caps = server_binary.probe(server)
     assert {"layer", "tensor"} <= set(caps.split_modes)
     assert caps.supports_fit
-    for flag in ("-ngl", "-ts", "-np", "-c", "-fa", "--metrics", "--host", "--port"):
+    for flag in ("-ngl", "-ts", "-np", "-c", "-fa", "--metrics", "--host", "--port", "--cache-ram"):
         assert caps.supports(flag), flag
     assert caps.commit
+    target = server_binary.server_target(server, caps)
+    assert target.supports_cache_ram and "row" not in target.split_modes
     cached = list(paths.probes_dir().glob("*.json"))
     assert len(cached) == 1
     assert server_binary.probe(server) == caps

@@ -14,7 +14,7 @@ from launcher.gpu.inventory import Inventory, from_backend
 from launcher.model.spec import ModelSpec, read_model_spec
 from launcher.plan import memory as mem
 from launcher.plan.advisor import plan
-from launcher.plan.layouts import ServerTarget
+from launcher.plan.layouts import ServerTarget, default_flags
 from launcher.plan.workload import Workload
 from launcher.profiles import hardware
 from tests import gpu_boxes
@@ -252,6 +252,7 @@ def test_processes_carry_exact_argv_env_and_ports(spec_of: Callable[..., ModelSp
         ("--host", "127.0.0.1"),
         ("--port", "9001"),
         ("-sm", "none"),
+        ("--cache-ram", "0"),  # llama.cpp's RAM prompt cache off (plan.layouts.PROMPT_CACHE_OFF)
     ):
         assert argv[argv.index(flag) + 1] == value
     assert "--metrics" in argv
@@ -263,6 +264,19 @@ def test_processes_carry_exact_argv_env_and_ports(spec_of: Callable[..., ModelSp
     assert (
         p.processes[0].env["CUDA_VISIBLE_DEVICES"] == "GPU-h100-0,GPU-h100-1,GPU-h100-2,GPU-h100-3"
     )
+
+
+def test_prompt_cache_stays_as_llama_cpp_has_it_where_the_server_lacks_the_flag(
+    spec_of: Callable[..., ModelSpec],
+) -> None:
+    # an older llama-server has neither --cache-ram nor a RAM prompt cache: the flag would
+    # stop it from starting
+    older = ServerTarget("llama-server", ("none", "layer"), True, supports_cache_ram=False)
+    result = plan(spec_of("llama", "8b"), profile("four-h100-nvlink"), Workload(), older)
+    for r in result.layouts:
+        for proc in r.layout.processes:
+            assert "--cache-ram" not in proc.argv
+    assert default_flags(older) == () and default_flags(ServerTarget()) == ("--cache-ram", "0")
 
 
 def test_no_tensor_split_without_support(spec_of: Callable[..., ModelSpec]) -> None:
@@ -301,6 +315,23 @@ def test_plan_json_on_a_box_without_gpus(
     assert only["kind"] == "cpu:1" and only["rank"] == 1 and only["cards"] == []
     assert set(only["predicted"]) == {"single_user_tok_s", "aggregate_tok_s", "prompt_tok_s"}
     assert only["processes"][0]["argv"][0] == str(llama_server.resolve())
+
+
+def test_plan_verify_asks_llama_fit_params_with_the_planned_flags(
+    model_factory: Callable[..., Path], tmp_path: Path, llama_server: Path
+) -> None:
+    # llama-fit-params rejects server-only flags such as --cache-ram: they are left out
+    backend = gpu_boxes.save(gpu_boxes.no_driver_backend(), tmp_path / "box.json")
+    result = run_cli(
+        "--llama-server", str(llama_server),
+        "plan", str(model_factory("llama")), "--layout", "cpu:1", "--verify",
+        env={"LLAMA_LAUNCHER_GPU_BACKEND": backend},
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--cache-ram 0" in result.stdout  # the planned command line
+    assert "llama-fit-params for cpu:1" in result.stdout
+    assert "host: weights" in result.stdout
 
 
 def test_plan_text_with_a_profile(model_factory: Callable[..., Path]) -> None:

@@ -335,6 +335,7 @@ async def test_plan_screen_plots_this_boxs_bench_results(
                 64,
                 hardware_key="nvml",
                 model_key=key,
+                server_defaults=["--cache-ram", "0"],
             )
             for u, tok in ((1, 120.0), (4, 300.0), (4, 200.0))  # two rounds at 4 users
         ]

@@ -31,7 +31,7 @@ from launcher.gpu.inventory import Inventory
 from launcher.gpu.sampler import GpuSampler
 from launcher.model.spec import ModelSpec
 from launcher.plan.advisor import plan
-from launcher.plan.layouts import Layout, ServerTarget
+from launcher.plan.layouts import Layout, ServerTarget, default_flags, with_extra_args
 from launcher.plan.perf import served_tok_s
 from launcher.plan.workload import Workload
 from launcher.router.server import RouterConfig
@@ -255,6 +255,7 @@ class Bench:
             ctx=self.ctx,
             workers=len(planned.processes),
             server_flags=server_flags(self.request.extra_args),
+            server_defaults=list(default_flags(self.server)),
             arrivals="staggered" if stagger else "lockstep",
             hardware_key=self.hardware_key,
             model_key=self.model_key,
@@ -287,7 +288,9 @@ def worker_specs(layout: Layout, router_port: int, extra_args: tuple[str, ...]) 
     out = []
     for p in layout.processes:
         port = p.port - first + router_port + 1
-        out.append(WorkerSpec(_with_port(p.argv, port) + extra_args, p.env, port, p.cards))
+        out.append(
+            WorkerSpec(with_extra_args(_with_port(p.argv, port), extra_args), p.env, port, p.cards)
+        )
     return out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,9 @@ class BenchRun:
     # llama-server settings beyond the plan's: a profile's extra flags and LLAMA_ARG_* variables
     # the workers inherited (e.g. ["LLAMA_ARG_CACHE_RAM=0"]); empty for the fleet `up` starts
     server_flags: list[str] = field(default_factory=list)
+    # the settings the launcher itself chose over llama.cpp's defaults (plan.layouts.default_flags):
+    # rows written before the launcher turned the RAM prompt cache off have none
+    server_defaults: list[str] = field(default_factory=list)
     # how the users' requests arrived: "lockstep" (all start together) or "staggered"
     arrivals: str = "lockstep"
     hardware_key: str = ""
@@ -102,32 +106,65 @@ def append(runs: list[BenchRun]) -> Path:
     return path
 
 
-def load(
-    hardware: str, model: str, flags: list[str] | None = None, arrivals: str = "lockstep"
-) -> list[BenchRun]:
-    """The error-free runs of this box and model whose fleets ran with ``flags`` (default:
-    none beyond the plan's, which is what ``plan`` predicts) under ``arrivals``, so that a
-    bench with, say, the prompt cache off does not correct the figures of fleets that keep it
-    on, and loads measured differently are not mixed."""
+def _stored() -> list[BenchRun]:
     path = results_path()
     if not path.is_file():
         return []
     out = []
     for line in path.read_text().splitlines():
         try:
-            data = json.loads(line)
-            run = BenchRun(**data)
+            out.append(BenchRun(**json.loads(line)))
         except (ValueError, TypeError):
             continue
-        if (
-            run.hardware_key == hardware
-            and run.model_key == model
-            and not run.errors
-            and run.server_flags == (flags or [])
-            and run.arrivals == arrivals
-        ):
-            out.append(run)
     return out
+
+
+def load(
+    hardware: str,
+    model: str,
+    defaults: Sequence[str],
+    flags: list[str] | None = None,
+    arrivals: str = "lockstep",
+) -> list[BenchRun]:
+    """The error-free runs of this box and model whose fleets ran with the launcher's
+    ``defaults`` (``plan.layouts.default_flags`` of the server planned for) and ``flags``
+    (default: none beyond the plan's, which is what ``plan`` predicts) under ``arrivals``, so
+    that a bench with, say, the prompt cache on does not correct the figures of fleets that
+    keep it off, and loads measured differently are not mixed."""
+    return [
+        run
+        for run in _stored()
+        if run.hardware_key == hardware
+        and run.model_key == model
+        and not run.errors
+        and run.server_defaults == list(defaults)
+        and run.server_flags == (flags or [])
+        and run.arrivals == arrivals
+    ]
+
+
+def stale_note(hardware: str, model: str, defaults: Sequence[str]) -> str | None:
+    """A sentence for a box and model whose only plain bench results were measured with
+    other launcher defaults (before it turned llama.cpp's RAM prompt cache off), which
+    ``load`` leaves out; None when there are none or newer ones."""
+    if load(hardware, model, defaults):
+        return None
+    older = [
+        run
+        for run in _stored()
+        if run.hardware_key == hardware
+        and run.model_key == model
+        and not run.server_flags
+        and run.arrivals == "lockstep"
+        and run.server_defaults != list(defaults)
+    ]
+    if not older:
+        return None
+    return (
+        f"{len(older)} bench result(s) of this model here were measured with llama.cpp's RAM "
+        "prompt cache on, which the launcher now turns off, so they are not used; run "
+        "'llama-launcher bench' again to calibrate."
+    )
 
 
 def by_point(runs: list[BenchRun]) -> dict[tuple[str, int], list[BenchRun]]:

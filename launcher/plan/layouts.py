@@ -37,6 +37,33 @@ class ServerTarget:
     path: str = "llama-server"
     split_modes: tuple[str, ...] = PINNED_SPLIT_MODES
     supports_fit: bool = True
+    supports_cache_ram: bool = True  # --cache-ram: llama.cpp's RAM prompt cache (the pinned has it)
+
+
+# llama.cpp's RAM prompt cache (--cache-ram, default 8192 MiB) copies every idle slot's KV to
+# host memory on each new request, on the server's only loop (about 80 MB a slot for an 8B at
+# 640 tokens). On 4x H100, turning it off raised the 8B's aggregate at 16-64 users by 20-64%,
+# and a server that had served 64 users decoded for one user at 87 tok/s with it, 203 without
+# (docs/validation/2026-11-27-h100x4-bench.md, runs F and O). Slots keep their own prompt cache
+# in VRAM without it. A profile's extra_args may turn it back on ("--cache-ram", "8192").
+PROMPT_CACHE_OFF = ("--cache-ram", "0")
+
+
+def default_flags(server: ServerTarget) -> tuple[str, ...]:
+    """The llama-server settings the launcher chooses over llama.cpp's own defaults."""
+    return PROMPT_CACHE_OFF if server.supports_cache_ram else ()
+
+
+def with_extra_args(argv: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
+    """``argv`` with a profile's extra llama-server flags after it. Where an extra flag sets
+    one of ``default_flags``, the launcher's value is dropped rather than the flag repeated
+    (llama-server warns about repeats)."""
+    out = list(argv)
+    flag = PROMPT_CACHE_OFF[0]  # profiles spell it so, or "--cache-ram=N" (profiles.launch)
+    if any(a.split("=")[0] == flag for a in extra) and flag in out:
+        at = out.index(flag)
+        del out[at : at + 2]
+    return (*out, *extra)
 
 
 @dataclass(frozen=True)
@@ -147,6 +174,7 @@ def _argv(ctx: _Ctx, port: int, slots: int, extra: Sequence[str]) -> tuple[str, 
         w.kv_type,
         "-ctv",
         w.kv_type,
+        *default_flags(ctx.server),
         *extra,
     ]
     if ctx.mmproj_arg:

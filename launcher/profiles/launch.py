@@ -63,6 +63,7 @@ EXTRA_FLAGS = {
     "--log-timestamps",
     "--log-prefix",
     "--cache-ram",
+    "--backend-sampling",
 }
 
 _TOP = {

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from launcher import paths
 from launcher.errors import LauncherError
+from launcher.plan.layouts import ServerTarget
 from launcher.run.install import installations
 
 ENV_VAR = "LLAMA_SERVER"
@@ -129,6 +130,17 @@ def parse_capabilities(version_text: str, help_text: str) -> ServerCapabilities:
         }
     )
     return ServerCapabilities(version, build, commit, modes, "--fit" in flags, tuple(flags))
+
+
+def server_target(server: ServerBinary, caps: ServerCapabilities) -> ServerTarget:
+    """What the planner needs to know of this llama-server: its path, the split modes that
+    work (``-sm row`` is listed but fails to load, DESIGN.md) and the flags it takes."""
+    return ServerTarget(
+        str(server.path),
+        tuple(m for m in caps.split_modes if m != "row"),
+        caps.supports_fit,
+        caps.supports("--cache-ram"),
+    )
 
 
 def _probe_key(binary: Path) -> str:

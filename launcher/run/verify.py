@@ -13,7 +13,7 @@ from pathlib import Path
 
 from launcher.errors import LauncherError
 
-_SERVER_ONLY_WITH_VALUE = {"--host", "--port", "-np", "--parallel", "-ctk", "-ctv"}
+_SERVER_ONLY_WITH_VALUE = {"--host", "--port", "-np", "--parallel", "-ctk", "-ctv", "--cache-ram"}
 _SERVER_ONLY = {"--metrics"}
 
 

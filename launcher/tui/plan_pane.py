@@ -188,16 +188,21 @@ class PlanPane(Widget):
         """This box's bench results for the model: the plot of tok/s against users."""
         from launcher.bench import results
         from launcher.bench.compare import plot
+        from launcher.plan.layouts import default_flags
 
         if self.spec is None:
             return ""
         cards = self.inventory.local.cards
-        runs = results.load(
+        keys = (
             results.hardware_key([c.uuid for c in cards], self.inventory.source),
             results.model_key(self.spec),
+            default_flags(self.server),
         )
+        runs = results.load(*keys)
         if not runs:
-            return "No bench results for this model here yet ('llama-launcher bench')."
+            return results.stale_note(*keys) or (
+                "No bench results for this model here yet ('llama-launcher bench')."
+            )
         return "Measured on this box:\n" + plot(results.averaged(runs))
 
     @on(OptionList.OptionHighlighted, "#plan-layouts")

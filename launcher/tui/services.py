@@ -17,16 +17,13 @@ from launcher.run.fleet_state import FleetState
 
 def local_server() -> ServerTarget:
     """The llama-server on this box and its split modes, else the pinned version's."""
-    from launcher.run.server_binary import find_server, probe
+    from launcher.run.server_binary import find_server, probe, server_target
 
     try:
         server = find_server()
-        caps = probe(server)
+        return server_target(server, probe(server))
     except LauncherError:
         return ServerTarget()
-    return ServerTarget(
-        str(server.path), tuple(m for m in caps.split_modes if m != "row"), caps.supports_fit
-    )
 
 
 def _quiet(line: str) -> None:
