@@ -171,12 +171,17 @@ def test_a_worker_that_dies_while_loading_is_reported(
         f'format = 1\nname = "badflag"\nmodel = "{model_factory("llama")}"\n'
         '[layout]\nkind = "cpu:1"\n[router]\nport = '
         + str(base_port())
-        + '\n[server]\nextra_args = ["--rope-scaling", "sideways"]\n'
+        + '\n[server]\nextra_args = ["--cache-ram", "64", "--rope-scaling", "sideways"]\n'
     )
     result = run_cli("up", str(profile), env=fleet_env, timeout=120)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
-    assert "Extra llama-server flags from the profile: --rope-scaling sideways" in out
+    assert (
+        "Extra llama-server flags from the profile: --cache-ram 64 --rope-scaling sideways" in out
+    )
+    # the profile's --cache-ram replaced the launcher's --cache-ram 0 instead of repeating it
+    log = (Path(fleet_env["LLAMA_LAUNCHER_HOME"]) / "state/logs/badflag/w0.log").read_text()
+    assert "error while handling argument" in log and "specified multiple times" not in log
     assert "badflag/w0 exited with code" in out and "while loading" in out
     tail = out.split("while loading")[1]  # the log tail says what was wrong
     assert 'error while handling argument "--rope-scaling": invalid value' in tail
