@@ -3,6 +3,7 @@ outside tui/)."""
 
 from __future__ import annotations
 
+import pytest
 from textual.widgets import DataTable, Static, TabbedContent
 
 from launcher.gpu.host import HostInfo
@@ -305,8 +306,9 @@ async def test_palette_offers_the_screens() -> None:
         assert app.query_one(TabbedContent).active == "plan"
 
 
+@pytest.mark.parametrize("defaults", [["--cache-ram", "0"], []])
 async def test_plan_screen_plots_this_boxs_bench_results(
-    model_factory: object, launcher_home: object, tmp_path: object
+    model_factory: object, launcher_home: object, tmp_path: object, defaults: list[str]
 ) -> None:
     from pathlib import Path
 
@@ -335,7 +337,7 @@ async def test_plan_screen_plots_this_boxs_bench_results(
                 64,
                 hardware_key="nvml",
                 model_key=key,
-                server_defaults=["--cache-ram", "0"],
+                server_defaults=defaults,  # [] as written before the prompt cache went off
             )
             for u, tok in ((1, 120.0), (4, 300.0), (4, 200.0))  # two rounds at 4 users
         ]
@@ -348,5 +350,8 @@ async def test_plan_screen_plots_this_boxs_bench_results(
     async with app.run_test(size=(140, 45)) as pilot:
         await pilot.pause(0.3)
         text = str(app.query_one("#plan-bench").render())
+        if not defaults:
+            assert "3 bench result(s) of this model here were measured with llama.cpp's" in text
+            return
         assert "Measured on this box" in text and "* cpu:1" in text
         assert "250" in text and "300" not in text  # the rounds' mean, as plan uses
