@@ -328,14 +328,9 @@ def _measured(
 ) -> dict[str, tuple[float, str]]:
     """Bench results of this box for the plan's layouts: measured or calibrated aggregates."""
     from launcher.bench import results
-    from launcher.plan.layouts import default_flags
 
-    cards = inventory.local.cards
-    runs = results.load(
-        results.hardware_key([c.uuid for c in cards], inventory.source),
-        results.model_key(result.spec),
-        default_flags(server),
-    )
+    keys = results.keys_for(inventory, result.spec, server)
+    runs = results.load(keys.hardware, keys.model, keys.defaults)
     out = {}
     for r in result.layouts:
         t = r.layout.throughput
@@ -354,13 +349,9 @@ def _measured(
 
 def _stale_note(result: Plan, inventory: Inventory, server: ServerTarget) -> str | None:
     from launcher.bench import results
-    from launcher.plan.layouts import default_flags
 
-    return results.stale_note(
-        results.hardware_key([c.uuid for c in inventory.local.cards], inventory.source),
-        results.model_key(result.spec),
-        default_flags(server),
-    )
+    keys = results.keys_for(inventory, result.spec, server)
+    return results.stale_note(keys.hardware, keys.model, keys.defaults)
 
 
 def print_plan(

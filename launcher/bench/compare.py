@@ -31,7 +31,7 @@ from launcher.gpu.inventory import Inventory
 from launcher.gpu.sampler import GpuSampler
 from launcher.model.spec import ModelSpec
 from launcher.plan.advisor import plan
-from launcher.plan.layouts import Layout, ServerTarget, default_flags, with_extra_args
+from launcher.plan.layouts import Layout, ServerTarget, with_extra_args
 from launcher.plan.perf import served_tok_s
 from launcher.plan.workload import Workload
 from launcher.router.server import RouterConfig
@@ -94,10 +94,8 @@ class Bench:
         self.say = say
         self.runs: list[BenchRun] = []
         self.interrupted = False
-        cards = inventory.local.cards
-        self.hardware_key = results.hardware_key([c.uuid for c in cards], inventory.source)
-        self.model_key = results.model_key(spec)
-        self.prices = {c.index: c.price_usd for c in cards if c.price_usd}
+        self.keys = results.keys_for(inventory, spec, server)
+        self.prices = {c.index: c.price_usd for c in inventory.local.cards if c.price_usd}
 
     @property
     def ctx(self) -> int:
@@ -255,10 +253,10 @@ class Bench:
             ctx=self.ctx,
             workers=len(planned.processes),
             server_flags=server_flags(self.request.extra_args),
-            server_defaults=list(default_flags(self.server)),
+            server_defaults=list(self.keys.defaults),
             arrivals="staggered" if stagger else "lockstep",
-            hardware_key=self.hardware_key,
-            model_key=self.model_key,
+            hardware_key=self.keys.hardware,
+            model_key=self.keys.model,
             time=time.time(),
         )
         self.runs.append(run)

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher import paths
+from launcher.gpu.inventory import Inventory
 from launcher.model.spec import ModelSpec
+from launcher.plan.layouts import ServerTarget, default_flags
 from launcher.plan.perf import served_tok_s
 
 # llama.cpp's MMVQ_MAX_BATCH_SIZE (ggml-cuda/mmvq.cuh): the largest decode batch per worker
@@ -104,6 +106,25 @@ def append(runs: list[BenchRun]) -> Path:
         for run in runs:
             f.write(json.dumps(run.row()) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Which stored rows describe a fleet: this box, this model shape, and the settings the
+    launcher chooses for the llama-server that will run it."""
+
+    hardware: str
+    model: str
+    defaults: tuple[str, ...]
+
+
+def keys_for(inventory: Inventory, spec: ModelSpec, server: ServerTarget) -> Keys:
+    cards = inventory.local.cards
+    return Keys(
+        hardware_key([c.uuid for c in cards], inventory.source),
+        model_key(spec),
+        default_flags(server),
+    )
 
 
 def _stored() -> list[BenchRun]:

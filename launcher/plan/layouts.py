@@ -55,9 +55,9 @@ def default_flags(server: ServerTarget) -> tuple[str, ...]:
 
 
 def with_extra_args(argv: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
-    """``argv`` with a profile's extra llama-server flags after it. Where an extra flag sets
-    one of ``default_flags``, the launcher's value is dropped rather than the flag repeated
-    (llama-server warns about repeats)."""
+    """``argv`` with a profile's extra llama-server flags after it. Where they set
+    ``--cache-ram`` (the one flag of ``default_flags``), the launcher's value is dropped rather
+    than the flag repeated (llama-server warns about repeats)."""
     out = list(argv)
     flag = PROMPT_CACHE_OFF[0]  # profiles spell it so, or "--cache-ram=N" (profiles.launch)
     if any(a.split("=")[0] == flag for a in extra) and flag in out:

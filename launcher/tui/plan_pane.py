@@ -188,19 +188,13 @@ class PlanPane(Widget):
         """This box's bench results for the model: the plot of tok/s against users."""
         from launcher.bench import results
         from launcher.bench.compare import plot
-        from launcher.plan.layouts import default_flags
 
         if self.spec is None:
             return ""
-        cards = self.inventory.local.cards
-        keys = (
-            results.hardware_key([c.uuid for c in cards], self.inventory.source),
-            results.model_key(self.spec),
-            default_flags(self.server),
-        )
-        runs = results.load(*keys)
+        keys = results.keys_for(self.inventory, self.spec, self.server)
+        runs = results.load(keys.hardware, keys.model, keys.defaults)
         if not runs:
-            return results.stale_note(*keys) or (
+            return results.stale_note(keys.hardware, keys.model, keys.defaults) or (
                 "No bench results for this model here yet ('llama-launcher bench')."
             )
         return "Measured on this box:\n" + plot(results.averaged(runs))
