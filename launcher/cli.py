@@ -18,6 +18,7 @@ from launcher import __version__
 from launcher.errors import LauncherError
 
 if TYPE_CHECKING:
+    from launcher.bench.results import BenchRun
     from launcher.gpu.inventory import Inventory
     from launcher.model.spec import ModelSpec
     from launcher.plan.advisor import Plan
@@ -323,14 +324,10 @@ def _plan_json(result: Plan, inventory: Inventory) -> dict[str, object]:
     }
 
 
-def _measured(
-    result: Plan, inventory: Inventory, server: ServerTarget
-) -> dict[str, tuple[float, str]]:
-    """Bench results of this box for the plan's layouts: measured or calibrated aggregates."""
+def _measured(result: Plan, runs: list[BenchRun]) -> dict[str, tuple[float, str]]:
+    """This box's bench ``runs`` for the plan's layouts: measured or calibrated aggregates."""
     from launcher.bench import results
 
-    keys = results.keys_for(inventory, result.spec, server)
-    runs = results.load(keys.hardware, keys.model, keys.defaults)
     out = {}
     for r in result.layouts:
         t = r.layout.throughput
@@ -345,13 +342,6 @@ def _measured(
         if fixed is not None:
             out[r.layout.kind] = fixed
     return out
-
-
-def _stale_note(result: Plan, inventory: Inventory, server: ServerTarget) -> str | None:
-    from launcher.bench import results
-
-    keys = results.keys_for(inventory, result.spec, server)
-    return results.stale_note(keys.hardware, keys.model, keys.defaults)
 
 
 def print_plan(
@@ -407,6 +397,7 @@ def print_plan(
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from launcher.bench import results
     from launcher.model.spec import read_mmproj_bytes, read_model_spec
     from launcher.plan.advisor import plan
 
@@ -418,7 +409,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     result = plan(
         spec, inventory, workload, server, args.layout, mmproj_bytes=mmproj, mmproj_path=args.mmproj
     )
-    measured = _measured(result, inventory, server)
+    keys = results.keys_for(inventory, result.spec, server)
+    runs = results.load(keys)
+    measured = _measured(result, runs)
     if args.json:
         data = _plan_json(result, inventory)
         for entry, r in zip(data["layouts"], result.layouts, strict=True):  # type: ignore[call-overload]
@@ -428,7 +421,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print_plan(result, inventory, note, measured)
-        if stale := _stale_note(result, inventory, server):
+        if not runs and (stale := results.stale_note(keys)):
             print(f"Note: {stale}")
     if args.verify:
         return _verify(result, args)

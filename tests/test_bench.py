@@ -20,7 +20,7 @@ import pytest
 from launcher.bench import results
 from launcher.bench.compare import plot, server_flags, table, worker_specs
 from launcher.bench.load import LoadSpec, requests_sent, run_load
-from launcher.bench.results import BenchRun
+from launcher.bench.results import BenchRun, Keys
 from launcher.plan.layouts import Layout, Process
 from launcher.plan.perf import Throughput, served_tok_s
 from tests.conftest import run_cli
@@ -353,24 +353,30 @@ def test_runs_with_other_server_settings_do_not_calibrate_the_default_fleet(
     # off than on: rows measured with it on (written before the launcher turned it off, or
     # with a profile's --cache-ram) must not correct what plan says about the fleet `up` starts
     monkeypatch.setenv("LLAMA_LAUNCHER_HOME", str(tmp_path))
-    off = ["--cache-ram", "0"]
+    off = ("--cache-ram", "0")
     plain = dataclasses.replace(
-        _run("per-card", 64, 2700, 2800), hardware_key="h", model_key="m", server_defaults=off
+        _run("per-card", 64, 2700, 2800), hardware_key="h", model_key="m", server_defaults=list(off)
     )
     before = dataclasses.replace(plain, aggregate_tok_s=1600, server_defaults=[])
     cache_on = dataclasses.replace(
         plain, aggregate_tok_s=1700, server_flags=["--cache-ram", "8192"]
     )
     results.append([plain, before, cache_on])
-    assert [r.aggregate_tok_s for r in results.load("h", "m", off)] == [2700]
-    assert [r.aggregate_tok_s for r in results.load("h", "m", [])] == [1600]  # an older server
-    assert [r.aggregate_tok_s for r in results.load("h", "m", off, cache_on.server_flags)] == [1700]
+    assert [r.aggregate_tok_s for r in results.load(Keys("h", "m", off))] == [2700]
+    assert [r.aggregate_tok_s for r in results.load(Keys("h", "m", ()))] == [
+        1600
+    ]  # an older server
+    assert [
+        r.aggregate_tok_s for r in results.load(Keys("h", "m", off), cache_on.server_flags)
+    ] == [1700]
     monkeypatch.setenv("LLAMA_ARG_THREADS", "8")
     assert server_flags(("--temp", "0.7")) == ["--temp", "0.7", "LLAMA_ARG_THREADS=8"]
     staggered = dataclasses.replace(plain, aggregate_tok_s=1900, arrivals="staggered")
     results.append([staggered])  # a load measured differently is kept apart too
-    assert [r.aggregate_tok_s for r in results.load("h", "m", off)] == [2700]
-    assert [r.aggregate_tok_s for r in results.load("h", "m", off, arrivals="staggered")] == [1900]
+    assert [r.aggregate_tok_s for r in results.load(Keys("h", "m", off))] == [2700]
+    assert [r.aggregate_tok_s for r in results.load(Keys("h", "m", off), arrivals="staggered")] == [
+        1900
+    ]
 
 
 def test_bench_of_a_profile_records_its_extra_flags(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -140,44 +139,36 @@ def _stored() -> list[BenchRun]:
     return out
 
 
-def load(
-    hardware: str,
-    model: str,
-    defaults: Sequence[str],
-    flags: list[str] | None = None,
-    arrivals: str = "lockstep",
-) -> list[BenchRun]:
-    """The error-free runs of this box and model whose fleets ran with the launcher's
-    ``defaults`` (``plan.layouts.default_flags`` of the server planned for) and ``flags``
-    (default: none beyond the plan's, which is what ``plan`` predicts) under ``arrivals``, so
-    that a bench with, say, the prompt cache on does not correct the figures of fleets that
-    keep it off, and loads measured differently are not mixed."""
+def load(keys: Keys, flags: list[str] | None = None, arrivals: str = "lockstep") -> list[BenchRun]:
+    """The error-free runs of ``keys``' box and model whose fleets ran with the launcher's
+    settings in ``keys`` and ``flags`` (default: none beyond the plan's, which is what ``plan``
+    predicts) under ``arrivals``, so that a bench with, say, the prompt cache on does not
+    correct the figures of fleets that keep it off, and loads measured differently are not
+    mixed."""
     return [
         run
         for run in _stored()
-        if run.hardware_key == hardware
-        and run.model_key == model
+        if run.hardware_key == keys.hardware
+        and run.model_key == keys.model
         and not run.errors
-        and run.server_defaults == list(defaults)
+        and run.server_defaults == list(keys.defaults)
         and run.server_flags == (flags or [])
         and run.arrivals == arrivals
     ]
 
 
-def stale_note(hardware: str, model: str, defaults: Sequence[str]) -> str | None:
-    """A sentence for a box and model whose only plain bench results were measured with
-    other launcher defaults (before it turned llama.cpp's RAM prompt cache off), which
-    ``load`` leaves out; None when there are none or newer ones."""
-    if load(hardware, model, defaults):
-        return None
+def stale_note(keys: Keys) -> str | None:
+    """For a box and model that ``load`` found nothing for: a sentence when plain bench
+    results of it were measured with other launcher settings (before it turned llama.cpp's
+    RAM prompt cache off); None when there are none."""
     older = [
         run
         for run in _stored()
-        if run.hardware_key == hardware
-        and run.model_key == model
+        if run.hardware_key == keys.hardware
+        and run.model_key == keys.model
         and not run.server_flags
         and run.arrivals == "lockstep"
-        and run.server_defaults != list(defaults)
+        and run.server_defaults != list(keys.defaults)
     ]
     if not older:
         return None

@@ -192,9 +192,9 @@ class PlanPane(Widget):
         if self.spec is None:
             return ""
         keys = results.keys_for(self.inventory, self.spec, self.server)
-        runs = results.load(keys.hardware, keys.model, keys.defaults)
+        runs = results.load(keys)
         if not runs:
-            return results.stale_note(keys.hardware, keys.model, keys.defaults) or (
+            return results.stale_note(keys) or (
                 "No bench results for this model here yet ('llama-launcher bench')."
             )
         return "Measured on this box:\n" + plot(results.averaged(runs))
