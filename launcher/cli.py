@@ -937,7 +937,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
 
     from launcher.bench import results
-    from launcher.bench.compare import Bench, BenchRequest, plot, server_flags, spread, table
+    from launcher.bench.compare import Bench, BenchRequest, plot, spread, table
     from launcher.gpu.backend import open_backend
     from launcher.model.spec import read_model_spec
     from launcher.profiles import launch
@@ -997,11 +997,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _say(
             "Staggered load: kept apart from the lockstep results that plan uses; the aggregate "
             "counts the requests sent while every user was busy"
-        )
-    if flags := server_flags(extra_args):
-        _say(
-            f"llama-server settings beyond the plan: {' '.join(flags)} (kept apart from the "
-            "results that plan uses for the fleet up starts)"
         )
     try:
         asyncio.run(bench.run())

@@ -370,7 +370,34 @@ def test_runs_with_other_server_settings_do_not_calibrate_the_default_fleet(
         r.aggregate_tok_s for r in results.load(Keys("h", "m", off), cache_on.server_flags)
     ] == [1700]
     monkeypatch.setenv("LLAMA_ARG_THREADS", "8")
-    assert server_flags(("--temp", "0.7")) == ["--temp", "0.7", "LLAMA_ARG_THREADS=8"]
+    argv = ("llama-server", "-c", "4096", "--cache-ram", "0", "--temp", "0.7")
+    assert server_flags(("--temp", "0.7"), argv) == ["--temp", "0.7", "LLAMA_ARG_THREADS=8"]
+    # what llama-server ignores is not a setting: an option on the command line wins over its
+    # variable, a variable it has no option for does nothing, a dropped one is not inherited
+    monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "8192")
+    monkeypatch.setenv("LLAMA_ARG_CACHE_RAM", "8192")
+    monkeypatch.setenv("LLAMA_ARG_NO_SUCH_OPTION", "1")
+    monkeypatch.setenv("LLAMA_ARG_API_KEY_FILE", "/keys")
+    options = (
+        ("LLAMA_ARG_CACHE_RAM", ("-cram", "--cache-ram")),
+        ("LLAMA_ARG_CTX_SIZE", ("-c", "--ctx-size")),
+        ("LLAMA_ARG_THREADS", ("-t", "--threads")),
+    )
+    assert server_flags(("--temp", "0.7"), argv, options) == [
+        "--temp",
+        "0.7",
+        "LLAMA_ARG_THREADS=8",
+    ]
+    assert server_flags((), ("llama-server", "--cache-ram=64", "-t", "2"), options) == [
+        "LLAMA_ARG_CTX_SIZE=8192"
+    ]
+    # without the --help probe every variable counts
+    assert server_flags((), argv) == [
+        "LLAMA_ARG_CACHE_RAM=8192",
+        "LLAMA_ARG_CTX_SIZE=8192",
+        "LLAMA_ARG_NO_SUCH_OPTION=1",
+        "LLAMA_ARG_THREADS=8",
+    ]
     staggered = dataclasses.replace(plain, aggregate_tok_s=1900, arrivals="staggered")
     results.append([staggered])  # a load measured differently is kept apart too
     assert [r.aggregate_tok_s for r in results.load(Keys("h", "m", off))] == [2700]
@@ -387,15 +414,24 @@ def test_bench_of_a_profile_records_its_extra_flags(
         f'format = 1\nname = "cache"\nmodel = "{model_factory("llama")}"\n'
         '[layout]\nkind = "cpu:1"\n[server]\nextra_args = ["--cache-ram", "64"]\n'
     )
+    env = {
+        **bench_env(llama_server, launcher_home),
+        "LLAMA_ARG_CACHE_RAM": "4096",  # the profile's --cache-ram wins over it
+        "LLAMA_ARG_TIMEOUT": "900",  # taken: a setting of the run
+        "LLAMA_ARG_NO_SUCH_OPTION": "1",  # no llama-server option: nothing
+        "LLAMA_API_KEY": "router-key",  # not passed on: the workers would answer 401
+    }
     result = run_cli(
         "bench", str(profile), "--users", "1", "--tokens", "8", "--prompt-tokens", "16", "--json",
-        env=bench_env(llama_server, launcher_home),
+        env=env,
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "llama-server settings beyond the plan: --cache-ram 64" in result.stderr
+    flags = "--cache-ram 64 LLAMA_ARG_TIMEOUT=900"
+    assert f"cpu:1: llama-server settings beyond the plan: {flags} (kept apart" in result.stderr
     [row] = json.loads(result.stdout)["runs"]
-    assert row["layout"] == "cpu:1" and row["server_flags"] == ["--cache-ram", "64"]
+    assert row["layout"] == "cpu:1" and row["server_flags"] == flags.split()
+    assert row["errors"] == 0
     # the profile's value replaced the launcher's: the prompt cache ran, no repeated flag
     log = (launcher_home / "state/logs/bench-cpu1/w0.log").read_text()
     assert "--cache-idle-slots requires --cache-ram" not in log

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -359,3 +360,40 @@ def test_foreground_fleet_stops_cleanly_and_logs_to_stdout(
     assert "Fleet llama-tiny-1 stopped." in err
     assert not pid_alive(pid)
     assert status(fleet_env)["fleets"] == []
+
+
+def test_lan_fleet_answers_with_the_key_its_workers_do_not_inherit(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    """LLAMA_API_KEY, the documented name of the router's key, is also llama-server's
+    --api-key: workers that took it answered the router 401."""
+    port = base_port()
+    profile = tmp_path / "lan.toml"
+    profile.write_text(
+        f'format = 1\nname = "lan"\nmodel = "{model_factory("llama")}"\n'
+        '[workload]\nusers = 2\nctx = 512\n[layout]\nkind = "cpu:1"\n'
+        f'[router]\nhost = "0.0.0.0"\nport = {port}\napi_key_env = "LLAMA_API_KEY"\n'
+    )
+    env = {**fleet_env, "LLAMA_API_KEY": "s3cret"}
+    result = run_cli("up", str(profile), "--detach", env=env, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+
+    def ask(key: str | None) -> int:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions", body.encode(), headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                assert json.load(response)["choices"]
+                return int(response.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert ask(None) == 401  # the router asks for the key
+    assert ask("s3cret") == 200  # and the worker behind it does not
+    [worker] = workers(fleet_env)
+    assert worker["slots_total"] == 2  # the router and status read the worker's /slots

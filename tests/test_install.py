@@ -195,6 +195,10 @@ def test_probe_reads_the_real_server_once(llama_server: Path) -> None:
     assert caps.commit
     target = server_binary.server_target(server, caps)
     assert target.supports_cache_ram and "row" not in target.split_modes
+    options = dict(target.env_options)  # which variable stands for which option
+    assert options["LLAMA_ARG_CACHE_RAM"] == ("-cram", "--cache-ram")
+    assert options["LLAMA_ARG_N_PARALLEL"] == ("-np", "--parallel")
+    assert "--no-cache-idle-slots" in options["LLAMA_ARG_CACHE_IDLE_SLOTS"]
     cached = list(paths.probes_dir().glob("*.json"))
     assert len(cached) == 1
     assert server_binary.probe(server) == caps

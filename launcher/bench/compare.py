@@ -36,7 +36,7 @@ from launcher.plan.perf import served_tok_s
 from launcher.plan.workload import Workload
 from launcher.router.server import RouterConfig
 from launcher.run.metrics import parse_prometheus
-from launcher.run.supervisor import Supervisor, WorkerSpec
+from launcher.run.supervisor import WORKER_ENV_DROPPED, Supervisor, WorkerSpec
 
 Say = Callable[[str], None]
 
@@ -130,6 +130,12 @@ class Bench:
         layout = self._plan(kind, top)
         port = _free_port()
         specs = worker_specs(layout, port, self.request.extra_args)
+        flags = server_flags(self.request.extra_args, specs[0].argv, self.server.env_options)
+        if flags:
+            self.say(
+                f"{kind}: llama-server settings beyond the plan: {' '.join(flags)} (kept apart "
+                "from the results that plan uses for the fleet up starts)"
+            )
         log: list[str] = []
         sup = Supervisor(
             f"bench-{kind.replace(':', '')}",
@@ -155,7 +161,7 @@ class Bench:
                 if self.request.rounds > 1:
                     self.say(f"{kind}: round {n + 1} of {self.request.rounds}")
                 for users in sorted(self.request.users):
-                    await self._measure(kind, users, sup, urls, cards)
+                    await self._measure(kind, users, sup, urls, cards, flags)
         finally:
             sup.request_stop()
             await asyncio.shield(task)
@@ -169,7 +175,13 @@ class Bench:
         await run_load(spec)
 
     async def _measure(
-        self, kind: str, users: int, sup: Supervisor, urls: list[str], cards: list[int]
+        self,
+        kind: str,
+        users: int,
+        sup: Supervisor,
+        urls: list[str],
+        cards: list[int],
+        flags: list[str],
     ) -> None:
         assert sup.router is not None
         planned = self._plan(kind, users)
@@ -252,7 +264,7 @@ class Bench:
             answer_tokens=self.request.tokens,
             ctx=self.ctx,
             workers=len(planned.processes),
-            server_flags=server_flags(self.request.extra_args),
+            server_flags=flags,
             server_defaults=list(self.keys.defaults),
             arrivals="staggered" if stagger else "lockstep",
             hardware_key=self.keys.hardware,
@@ -272,10 +284,25 @@ class Bench:
         )
 
 
-def server_flags(extra_args: tuple[str, ...]) -> list[str]:
-    """What the workers ran with beyond the plan: the profile's extra flags, then the
-    LLAMA_ARG_* variables llama-server reads from the environment it inherits."""
-    env = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("LLAMA_ARG_"))
+def server_flags(
+    extra_args: tuple[str, ...],
+    argv: tuple[str, ...],
+    env_options: tuple[tuple[str, tuple[str, ...]], ...] = (),
+) -> list[str]:
+    """What workers started with ``argv`` run with beyond the plan: the profile's extra flags,
+    then the LLAMA_ARG_* variables of this environment that llama-server takes. Left out are
+    those the workers do not inherit (``WORKER_ENV_DROPPED``), those whose option is on the
+    command line (llama-server lets it win) and, where its ``--help`` was read
+    (``env_options``), those it has no option for."""
+    options = dict(env_options)
+    given = {a.split("=")[0] for a in argv if a.startswith("-")}
+    env = [
+        f"{name}={value}"
+        for name, value in sorted(os.environ.items())
+        if name.startswith("LLAMA_ARG_")
+        and name not in WORKER_ENV_DROPPED
+        and not (options and (name not in options or given & set(options[name])))
+    ]
     return [*extra_args, *env]
 
 

@@ -38,6 +38,8 @@ class ServerTarget:
     split_modes: tuple[str, ...] = PINNED_SPLIT_MODES
     supports_fit: bool = True
     supports_cache_ram: bool = True  # --cache-ram: llama.cpp's RAM prompt cache (the pinned has it)
+    # LLAMA_ARG_* variable -> its options, from --help; empty when not probed
+    env_options: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 # llama.cpp's RAM prompt cache (--cache-ram, default 8192 MiB) copies every idle slot's KV to

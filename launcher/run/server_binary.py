@@ -55,6 +55,8 @@ class ServerCapabilities:
     split_modes: tuple[str, ...]
     supports_fit: bool
     flags: tuple[str, ...]
+    # LLAMA_ARG_* variable -> the options it stands for ("(env: ...)" in --help)
+    env_options: tuple[tuple[str, tuple[str, ...]], ...]
 
     def supports(self, flag: str) -> bool:
         return flag in self.flags
@@ -111,6 +113,7 @@ _SPLIT = re.compile(r"--split-mode\s+\{([a-z,]+)\}")
 # the option column ends where a run of spaces is followed by the description text
 _OPTION_COLUMN = re.compile(r"\s{2,}(?=[^-\s])")
 _FLAG = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
+_ENV = re.compile(r"\(env: (LLAMA_ARG_\w+)\)")
 
 
 def parse_capabilities(version_text: str, help_text: str) -> ServerCapabilities:
@@ -121,15 +124,25 @@ def parse_capabilities(version_text: str, help_text: str) -> ServerCapabilities:
     commit = match.group(3) if match and match.group(3) else None
     split = _SPLIT.search(help_text)
     modes = tuple(split.group(1).split(",")) if split else ()
-    flags = sorted(
-        {
-            m.group(1)
-            for line in help_text.splitlines()
-            if line[:1] == "-"
-            for m in _FLAG.finditer(_OPTION_COLUMN.split(line, maxsplit=1)[0])
-        }
+    flags: set[str] = set()
+    env_options: dict[str, tuple[str, ...]] = {}
+    option: tuple[str, ...] = ()  # the flags of the option whose description this line is in
+    for line in help_text.splitlines():
+        if line[:1] == "-":
+            column = _OPTION_COLUMN.split(line, maxsplit=1)[0]
+            option = tuple(m.group(1) for m in _FLAG.finditer(column))
+            flags.update(option)
+        for env in _ENV.finditer(line):
+            env_options[env.group(1)] = option
+    return ServerCapabilities(
+        version,
+        build,
+        commit,
+        modes,
+        "--fit" in flags,
+        tuple(sorted(flags)),
+        tuple(sorted(env_options.items())),
     )
-    return ServerCapabilities(version, build, commit, modes, "--fit" in flags, tuple(flags))
 
 
 def server_target(server: ServerBinary, caps: ServerCapabilities) -> ServerTarget:
@@ -140,6 +153,7 @@ def server_target(server: ServerBinary, caps: ServerCapabilities) -> ServerTarge
         tuple(m for m in caps.split_modes if m != "row"),
         caps.supports_fit,
         caps.supports("--cache-ram"),
+        caps.env_options,
     )
 
 
@@ -157,6 +171,7 @@ def probe(server: ServerBinary) -> ServerCapabilities:
             data = json.loads(cache.read_text())
             data["split_modes"] = tuple(data["split_modes"])
             data["flags"] = tuple(data["flags"])
+            data["env_options"] = tuple((k, tuple(v)) for k, v in data["env_options"])
             return ServerCapabilities(**data)
         except (ValueError, TypeError, KeyError):
             cache.unlink(missing_ok=True)

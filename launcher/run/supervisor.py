@@ -6,7 +6,8 @@ whose port is taken to a free one, waits for ``/health`` with a timeout while sh
 progress, and reports a worker that dies while loading with the last lines of its log. Once
 up, a worker that crashes is restarted with back-off (1, 2, 4 ... 30 s) up to
 ``MAX_RESTARTS`` times in ``RESTART_WINDOW_S``. Workers get a parent-death signal, so they die
-with the supervisor even if it is killed. SIGTERM or Ctrl-C stops the fleet: SIGTERM to
+with the supervisor even if it is killed. Workers inherit the supervisor's environment less
+``WORKER_ENV_DROPPED``. SIGTERM or Ctrl-C stops the fleet: SIGTERM to
 each worker, SIGKILL after ``STOP_GRACE_S``. The fleet's state file (``fleet_state``) lets
 ``status``, ``logs`` and ``down`` work from any terminal. The router (its own module) will
 run in this event loop: ``Supervisor.router`` is its place.
@@ -45,9 +46,30 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 LOG_MAX_BYTES = 10 << 20  # per file; one older file is kept
 PR_SET_PDEATHSIG = 1
+# Variables llama-server reads that change how the router reaches a worker: an API key
+# (LLAMA_API_KEY is also the usual name of the router's own key: a worker that took it
+# answered the router 401), TLS, a path prefix, the /slots endpoint. The router is the fleet's
+# one door and workers listen on 127.0.0.1 only, so workers do not inherit these.
+WORKER_ENV_DROPPED = frozenset(
+    {
+        "LLAMA_API_KEY",
+        "LLAMA_ARG_API_KEY_FILE",
+        "LLAMA_ARG_SSL_KEY_FILE",
+        "LLAMA_ARG_SSL_CERT_FILE",
+        "LLAMA_ARG_API_PREFIX",
+        "LLAMA_ARG_ENDPOINT_SLOTS",
+    }
+)
 _ERROR_WORDS = re.compile(r"error|failed|out of memory|invalid|unknown|cannot", re.IGNORECASE)
 
 Say = Callable[[str], None]
+
+
+def worker_environ(additions: dict[str, str]) -> dict[str, str]:
+    """A worker's environment: this process's, less ``WORKER_ENV_DROPPED``, with the cards'
+    order and ``additions`` (its ``CUDA_VISIBLE_DEVICES``)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in WORKER_ENV_DROPPED}
+    return {**inherited, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **additions}
 
 
 @dataclass(frozen=True)
@@ -136,7 +158,7 @@ class Worker:
         self.sampler = WorkerSampler(self.state.url)
 
     async def start(self) -> None:
-        env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **self.spec.env}
+        env = worker_environ(self.spec.env)
         self.log.write(
             f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
             f"{' '.join(self.spec.argv)}\n".encode()
