@@ -410,7 +410,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         spec, inventory, workload, server, args.layout, mmproj_bytes=mmproj, mmproj_path=args.mmproj
     )
     keys = results.keys_for(inventory, result.spec, server)
-    runs = results.load(keys)
+    flags = results.inherited_flags(result, server)
+    runs = results.load(keys, flags)
     measured = _measured(result, runs)
     if args.json:
         data = _plan_json(result, inventory)
@@ -421,7 +422,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print_plan(result, inventory, note, measured)
-        if not runs and (stale := results.stale_note(keys)):
+        if flags:
+            print(
+                f"Workers started from this shell also take {' '.join(flags)}; bench results "
+                "are used only where they ran with the same."
+            )
+        if not runs and (stale := results.stale_note(keys, flags)):
             print(f"Note: {stale}")
     if args.verify:
         return _verify(result, args)

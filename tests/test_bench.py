@@ -108,6 +108,16 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
         "tok/s for 2 user(s) (measured, 32-token prompts, 16-token answers, from "
         "'llama-launcher bench')" in shown.stdout
     )
+    # a variable the workers would take from this shell is a setting these rows did not run
+    # with; one the planned command line overrides is not
+    for variable, measured in (("LLAMA_ARG_TIMEOUT", False), ("LLAMA_ARG_CTX_SIZE", True)):
+        shown = run_cli(
+            "plan", str(model), "--layout", "cpu:2", "--users", "2",
+            env={**bench_env(llama_server, launcher_home), variable: "900"},
+        )  # fmt: skip
+        assert ("(measured" in shown.stdout) == measured, variable
+        taken = f"Workers started from this shell also take {variable}=900; bench results"
+        assert (taken in shown.stdout) != measured, variable
     # rows an older launcher wrote (prompt cache on, no server_defaults) are named, not used
     older = [json.loads(line) for line in stored]
     for row in older:

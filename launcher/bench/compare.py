@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import statistics
 import time
@@ -36,7 +35,8 @@ from launcher.plan.perf import served_tok_s
 from launcher.plan.workload import Workload
 from launcher.router.server import RouterConfig
 from launcher.run.metrics import parse_prometheus
-from launcher.run.supervisor import WORKER_ENV_DROPPED, Supervisor, WorkerSpec
+from launcher.run.server_binary import inherited_settings
+from launcher.run.supervisor import Supervisor, WorkerSpec
 
 Say = Callable[[str], None]
 
@@ -290,20 +290,8 @@ def server_flags(
     env_options: tuple[tuple[str, tuple[str, ...]], ...] = (),
 ) -> list[str]:
     """What workers started with ``argv`` run with beyond the plan: the profile's extra flags,
-    then the LLAMA_ARG_* variables of this environment that llama-server takes. Left out are
-    those the workers do not inherit (``WORKER_ENV_DROPPED``), those whose option is on the
-    command line (llama-server lets it win) and, where its ``--help`` was read
-    (``env_options``), those it has no option for."""
-    options = dict(env_options)
-    given = {a.split("=")[0] for a in argv if a.startswith("-")}
-    env = [
-        f"{name}={value}"
-        for name, value in sorted(os.environ.items())
-        if name.startswith("LLAMA_ARG_")
-        and name not in WORKER_ENV_DROPPED
-        and not (options and (name not in options or given & set(options[name])))
-    ]
-    return [*extra_args, *env]
+    then the LLAMA_ARG_* variables they inherit and llama-server takes."""
+    return [*extra_args, *inherited_settings(argv, env_options)]
 
 
 def worker_specs(layout: Layout, router_port: int, extra_args: tuple[str, ...]) -> list[WorkerSpec]:

@@ -30,8 +30,10 @@ from typing import Any
 from launcher import paths
 from launcher.gpu.inventory import Inventory
 from launcher.model.spec import ModelSpec
+from launcher.plan.advisor import Plan
 from launcher.plan.layouts import ServerTarget, default_flags
 from launcher.plan.perf import served_tok_s
+from launcher.run.server_binary import inherited_settings
 
 # llama.cpp's MMVQ_MAX_BATCH_SIZE (ggml-cuda/mmvq.cuh): the largest decode batch per worker
 # that uses the matrix-vector kernels
@@ -157,16 +159,26 @@ def load(keys: Keys, flags: list[str] | None = None, arrivals: str = "lockstep")
     ]
 
 
-def stale_note(keys: Keys) -> str | None:
-    """For a box and model that ``load`` found nothing for: a sentence when plain bench
-    results of it were measured with other launcher settings (before it turned llama.cpp's
-    RAM prompt cache off); None when there are none."""
+def inherited_flags(result: Plan, server: ServerTarget) -> list[str]:
+    """The settings beyond the plan that the fleet ``up`` would start from this environment
+    runs with (the LLAMA_ARG_* variables its workers inherit and llama-server takes), as a
+    bench from the same environment records them; empty when nothing fits."""
+    best = result.best
+    if best is None or not best.layout.processes:
+        return []
+    return inherited_settings(best.layout.processes[0].argv, server.env_options)
+
+
+def stale_note(keys: Keys, flags: list[str] | None = None) -> str | None:
+    """For a box and model that ``load`` found nothing for: a sentence when bench results of
+    it with these ``flags`` were measured with other launcher settings (before it turned
+    llama.cpp's RAM prompt cache off); None when there are none."""
     older = [
         run
         for run in _stored()
         if run.hardware_key == keys.hardware
         and run.model_key == keys.model
-        and not run.server_flags
+        and run.server_flags == (flags or [])
         and run.arrivals == "lockstep"
         and run.server_defaults != list(keys.defaults)
     ]

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,21 @@ ENV_VAR = "LLAMA_SERVER"
 INSTALL_HINT = (
     "run 'llama-launcher install-server' to build one (about 5 minutes on 2 cores), "
     "or pass --llama-server PATH"
+)
+
+# Variables llama-server reads that change how the router reaches a worker: an API key
+# (LLAMA_API_KEY is also the usual name of the router's own key: a worker that took it
+# answered the router 401), TLS, a path prefix, the /slots endpoint. The router is the fleet's
+# one door and workers listen on 127.0.0.1 only, so workers do not inherit these.
+WORKER_ENV_DROPPED = frozenset(
+    {
+        "LLAMA_API_KEY",
+        "LLAMA_ARG_API_KEY_FILE",
+        "LLAMA_ARG_SSL_KEY_FILE",
+        "LLAMA_ARG_SSL_CERT_FILE",
+        "LLAMA_ARG_API_PREFIX",
+        "LLAMA_ARG_ENDPOINT_SLOTS",
+    }
 )
 
 
@@ -155,6 +171,24 @@ def server_target(server: ServerBinary, caps: ServerCapabilities) -> ServerTarge
         caps.supports("--cache-ram"),
         caps.env_options,
     )
+
+
+def inherited_settings(
+    argv: Sequence[str], env_options: tuple[tuple[str, tuple[str, ...]], ...] = ()
+) -> list[str]:
+    """The LLAMA_ARG_* variables of this environment that a worker started with ``argv``
+    inherits and llama-server takes, as ``NAME=value``. Left out are ``WORKER_ENV_DROPPED``,
+    those whose option is in ``argv`` (the command line wins over the environment) and, where
+    ``--help`` was read (``env_options``), those it has no option for."""
+    options = dict(env_options)
+    given = {a.split("=")[0] for a in argv if a.startswith("-")}
+    return [
+        f"{name}={value}"
+        for name, value in sorted(os.environ.items())
+        if name.startswith("LLAMA_ARG_")
+        and name not in WORKER_ENV_DROPPED
+        and not (options and (name not in options or given & set(options[name])))
+    ]
 
 
 def _probe_key(binary: Path) -> str:

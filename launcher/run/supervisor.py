@@ -39,6 +39,7 @@ from launcher.router.server import Router, RouterConfig
 from launcher.run import fleet_state
 from launcher.run.fleet_state import FleetState, WorkerState
 from launcher.run.metrics import WorkerSampler
+from launcher.run.server_binary import WORKER_ENV_DROPPED
 
 HEALTH_TIMEOUT_S = 600.0
 STOP_GRACE_S = 10.0
@@ -46,20 +47,6 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 LOG_MAX_BYTES = 10 << 20  # per file; one older file is kept
 PR_SET_PDEATHSIG = 1
-# Variables llama-server reads that change how the router reaches a worker: an API key
-# (LLAMA_API_KEY is also the usual name of the router's own key: a worker that took it
-# answered the router 401), TLS, a path prefix, the /slots endpoint. The router is the fleet's
-# one door and workers listen on 127.0.0.1 only, so workers do not inherit these.
-WORKER_ENV_DROPPED = frozenset(
-    {
-        "LLAMA_API_KEY",
-        "LLAMA_ARG_API_KEY_FILE",
-        "LLAMA_ARG_SSL_KEY_FILE",
-        "LLAMA_ARG_SSL_CERT_FILE",
-        "LLAMA_ARG_API_PREFIX",
-        "LLAMA_ARG_ENDPOINT_SLOTS",
-    }
-)
 _ERROR_WORDS = re.compile(r"error|failed|out of memory|invalid|unknown|cannot", re.IGNORECASE)
 
 Say = Callable[[str], None]

@@ -192,9 +192,10 @@ class PlanPane(Widget):
         if self.spec is None:
             return ""
         keys = results.keys_for(self.inventory, self.spec, self.server)
-        runs = results.load(keys)
+        flags = results.inherited_flags(self.result, self.server) if self.result else []
+        runs = results.load(keys, flags)
         if not runs:
-            return results.stale_note(keys) or (
+            return results.stale_note(keys, flags) or (
                 "No bench results for this model here yet ('llama-launcher bench')."
             )
         return "Measured on this box:\n" + plot(results.averaged(runs))
