@@ -423,10 +423,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print_plan(result, inventory, note, measured)
         if flags:
-            print(
-                f"Workers started from this shell also take {' '.join(flags)}; bench results "
-                "are used only where they ran with the same."
-            )
+            print(results.inherited_note(flags))
         if not runs and (stale := results.stale_note(keys, flags)):
             print(f"Note: {stale}")
     if args.verify:

@@ -306,9 +306,17 @@ async def test_palette_offers_the_screens() -> None:
         assert app.query_one(TabbedContent).active == "plan"
 
 
-@pytest.mark.parametrize("defaults", [["--cache-ram", "0"], []])
+@pytest.mark.parametrize(
+    ("defaults", "shell"),
+    [(["--cache-ram", "0"], {}), ([], {}), (["--cache-ram", "0"], {"LLAMA_ARG_TIMEOUT": "900"})],
+)
 async def test_plan_screen_plots_this_boxs_bench_results(
-    model_factory: object, launcher_home: object, tmp_path: object, defaults: list[str]
+    model_factory: object,
+    launcher_home: object,
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+    defaults: list[str],
+    shell: dict[str, str],
 ) -> None:
     from pathlib import Path
 
@@ -342,6 +350,8 @@ async def test_plan_screen_plots_this_boxs_bench_results(
             for u, tok in ((1, 120.0), (4, 300.0), (4, 200.0))  # two rounds at 4 users
         ]
     )
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
     svc = services(gpu_boxes.no_driver_backend())
     svc.server = lambda: ServerTarget("llama-server")
     svc.model_places = lambda: []
@@ -350,6 +360,10 @@ async def test_plan_screen_plots_this_boxs_bench_results(
     async with app.run_test(size=(140, 45)) as pilot:
         await pilot.pause(0.3)
         text = str(app.query_one("#plan-bench").render())
+        if shell:  # rows measured without a variable this shell would give the workers
+            assert "Workers started from this shell also take LLAMA_ARG_TIMEOUT=900" in text
+            assert "Measured on this box" not in text
+            return
         if not defaults:
             assert "3 bench result(s) of this model here were measured with llama.cpp's" in text
             return

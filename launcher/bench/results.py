@@ -169,6 +169,14 @@ def inherited_flags(result: Plan, server: ServerTarget) -> list[str]:
     return inherited_settings(best.layout.processes[0].argv, server.env_options)
 
 
+def inherited_note(flags: list[str]) -> str:
+    """What ``plan`` says when this shell gives its workers ``flags``."""
+    return (
+        f"Workers started from this shell also take {' '.join(flags)}; bench results are "
+        "used only where they ran with the same."
+    )
+
+
 def stale_note(keys: Keys, flags: list[str] | None = None) -> str | None:
     """For a box and model that ``load`` found nothing for: a sentence when bench results of
     it with these ``flags`` were measured with other launcher settings (before it turned

@@ -194,11 +194,13 @@ class PlanPane(Widget):
         keys = results.keys_for(self.inventory, self.spec, self.server)
         flags = results.inherited_flags(self.result, self.server) if self.result else []
         runs = results.load(keys, flags)
+        head = results.inherited_note(flags) + "\n" if flags else ""
         if not runs:
-            return results.stale_note(keys, flags) or (
-                "No bench results for this model here yet ('llama-launcher bench')."
+            return head + (
+                results.stale_note(keys, flags)
+                or "No bench results for this model here yet ('llama-launcher bench')."
             )
-        return "Measured on this box:\n" + plot(results.averaged(runs))
+        return head + "Measured on this box:\n" + plot(results.averaged(runs))
 
     @on(OptionList.OptionHighlighted, "#plan-layouts")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
