@@ -67,8 +67,9 @@ class BenchRun:
     workers: int = 0  # llama-server processes of the layout (0: rows written before)
     # each worker's own tokens_predicted_total over the run: how evenly the router spread it
     worker_tokens: list[int] = field(default_factory=list)
-    # llama-server settings beyond the plan's: a profile's extra flags and LLAMA_ARG_* variables
-    # the workers inherited (e.g. ["LLAMA_ARG_CACHE_RAM=0"]); empty for the fleet `up` starts
+    # llama-server settings beyond the plan's: a profile's extra flags and the LLAMA_ARG_*
+    # variables the workers inherited and llama-server took (e.g. ["LLAMA_ARG_BATCH=4096"]);
+    # empty for the fleet `up` starts from a shell without such variables
     server_flags: list[str] = field(default_factory=list)
     # the settings the launcher itself chose over llama.cpp's defaults (plan.layouts.default_flags):
     # rows written before the launcher turned the RAM prompt cache off have none
