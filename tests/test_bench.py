@@ -17,12 +17,20 @@ from pathlib import Path
 import psutil
 import pytest
 
+from launcher.app.bench import server_flags
+from launcher.app.fleet import group_from_layout
 from launcher.bench import results
-from launcher.bench.compare import plot, server_flags, table, worker_specs
 from launcher.bench.load import LoadSpec, requests_sent, run_load
+from launcher.bench.report import plot, table
 from launcher.bench.results import BenchRun, Keys
+from launcher.gpu.host import HostInfo
+from launcher.gpu.inventory import Host, Inventory
+from launcher.llamacpp.args import PROMPT_CACHE_OFF, ServerArgs
+from launcher.model.spec import read_model_spec
 from launcher.plan.layouts import Layout, Process
 from launcher.plan.perf import Throughput, served_tok_s
+from launcher.plan.workload import Workload
+from launcher.spec.fleet import ServerSettings, WorkerSpec
 from tests.conftest import run_cli
 
 
@@ -332,28 +340,38 @@ def test_table_and_plot() -> None:
     assert "* per-card" in chart and "o pooled-layer" in chart and "900" in chart
 
 
-def test_bench_of_a_profile_starts_workers_with_its_extra_flags() -> None:
-    # `bench PROFILE` measures the fleet `up PROFILE` would start; a profile that turns the
-    # RAM prompt cache back on replaces the launcher's --cache-ram 0 instead of repeating it
+def test_bench_of_a_profile_starts_workers_with_its_extra_flags(
+    model_factory: Callable[..., Path],
+) -> None:
+    # `bench PROFILE` measures the fleet `up PROFILE` would start (both build it with
+    # app.fleet.group_from_layout); a profile that turns the RAM prompt cache back on replaces
+    # the launcher's --cache-ram 0 instead of repeating it
     procs = tuple(
-        Process(("llama-server", "-m", "m.gguf", "--port", str(8081 + i), "--cache-ram", "0"),
-                {}, (i,), 8081 + i, 4)
+        Process(ServerArgs("llama-server", "m.gguf", 8081 + i, 4, 256, defaults=PROMPT_CACHE_OFF,
+                           gpu_layers=0), {}, (i,))
         for i in range(2)
     )  # fmt: skip
     layout = Layout("per-card", procs, (), 0, Throughput(1.0, 1.0, 1.0))
-    specs = worker_specs(layout, 9000, ("--temp", "0.7"))
-    assert [s.port for s in specs] == [9001, 9002]
-    assert specs[1].argv == (
-        "llama-server", "-m", "m.gguf", "--port", "9002", "--cache-ram", "0", "--temp", "0.7",
+    spec = read_model_spec(model_factory("llama"))
+
+    def workers(*extra: str) -> tuple[WorkerSpec, ...]:
+        settings = ServerSettings(extra_args=extra)
+        box = Inventory((Host(HostInfo("box", 0, 0, 2), ()),), "nvml")
+        return group_from_layout(spec, layout, Workload(users=8, ctx=256), box,
+                                 settings=settings).workers  # fmt: skip
+
+    first, second = workers("--temp", "0.7")
+    assert [first.port, second.port] == [8081, 8082] and first.cards == (0,)
+    assert second.args.argv() == (
+        "llama-server", "-m", "m.gguf", "--host", "127.0.0.1", "--port", "8082", "-c", "1024",
+        "-np", "4", "-fa", "on", "--metrics", "-ctk", "f16", "-ctv", "f16", "--cache-ram", "0",
+        "-ngl", "0", "--temp", "0.7",
     )  # fmt: skip
-    assert specs[0].cards == (0,)
-    assert worker_specs(layout, 9000, ("--cache-ram", "8192"))[0].argv == (
-        "llama-server", "-m", "m.gguf", "--port", "9001", "--cache-ram", "8192",
+    assert workers("--cache-ram", "8192")[0].args.argv()[-4:] == (
+        "-ngl", "0", "--cache-ram", "8192",
     )  # fmt: skip
-    assert worker_specs(layout, 9000, ("--cache-ram=8192",))[0].argv[-2:] == (
-        "9001",
-        "--cache-ram=8192",
-    )
+    argv = workers("--cache-ram=8192")[0].args.argv()
+    assert "--cache-ram" not in argv and argv[-1] == "--cache-ram=8192"
 
 
 def test_runs_with_other_server_settings_do_not_calibrate_the_default_fleet(

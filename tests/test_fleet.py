@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from launcher.errors import LauncherError
 from launcher.profiles import launch
 from launcher.run.fleet_state import pid_alive
+from launcher.spec.fleet import FleetSpec, GroupSpec, RemoteMember, RouterSpec, ServerSettings
 from tests.conftest import free_port, run_cli
 
 
@@ -191,30 +195,81 @@ def test_a_worker_that_dies_while_loading_is_reported(
 
 
 def test_profile_round_trips(tmp_path: Path, launcher_home: Path) -> None:
-    profile = launch.LaunchProfile(
-        name="rt",
+    group = GroupSpec(
+        name="m",
         model="/models/m.gguf",
+        layout="per-card",
+        aliases=("gpt-4o",),
+        cards=("GPU-a", "GPU-b"),
+        pci_bus_ids=("0000:01:00.0", "0000:02:00.0"),
         users=8,
         ctx=2048,
-        kv_type="q8_0",
         goal="latency",
-        layout="per-card",
-        cards=["GPU-a", "GPU-b"],
-        pci_bus_ids=["0000:01:00.0", "0000:02:00.0"],
-        tensor_split=[],
-        extra_args=["--temp", "0.7"],
-        router_port=9000,
-        members=[launch.RouterMember("http://192.168.1.20:8080", 0.5, "LAN_KEY")],
+        server=ServerSettings(kv_type="q8_0", extra_args=("--temp", "0.7")),
+    )
+    profile = FleetSpec(
+        "rt",
+        (group,),
+        RouterSpec(
+            port=9000,
+            default_model="m",
+            members=(RemoteMember("http://192.168.1.20:8080", 0.5, "LAN_KEY"),),
+        ),
     )
     path = launch.save_launch_profile(profile)
     loaded = launch.load_launch_profile(path)
-    assert loaded == profile
+    assert loaded == replace(profile, source=str(path))
     before = path.read_text()
     with pytest.raises(Exception, match="already exists"):
         launch.save_launch_profile(profile)
     assert path.read_text() == before
     launch.save_launch_profile(loaded, force=True)
     assert path.read_text() == before
+
+
+def test_a_format_1_profile_loads_as_a_fleet_of_one_group(tmp_path: Path) -> None:
+    old = tmp_path / "old.toml"
+    old.write_text(
+        'format = 1\nname = "h100-8b"\nmodel = "/m/llama-8b-00001-of-00002.gguf"\n'
+        'llama_server = "/opt/llama-server"\n'
+        '[workload]\nusers = 64\nctx = 2048\nkv_type = "q8_0"\ngoal = "latency"\n'
+        '[layout]\nkind = "pooled-layer"\ncards = ["GPU-a", "GPU-b"]\ntensor_split = [16, 17]\n'
+        '[server]\nflash_attn = true\nextra_args = ["--temp", "0.7"]\n'
+        "[router]\nport = 9000\n"
+    )
+    spec = launch.load_launch_profile(old)
+    assert spec.name == "h100-8b" and len(spec.groups) == 1
+    (group,) = spec.groups
+    assert group.name == "llama-8b" and group.model == "/m/llama-8b-00001-of-00002.gguf"
+    assert (group.layout, group.cards, group.tensor_split) == (
+        "pooled-layer", ("GPU-a", "GPU-b"), (16, 17),
+    )  # fmt: skip
+    assert (group.users, group.ctx, group.goal) == (64, 2048, "latency")
+    assert group.server == ServerSettings(
+        kv_type="q8_0", extra_args=("--temp", "0.7"), llama_server="/opt/llama-server"
+    )
+    assert spec.router.port == 9000 and not group.planned
+
+
+def test_format_2_names_groups_and_checks_them(tmp_path: Path) -> None:
+    two = tmp_path / "two.toml"
+    two.write_text(
+        'format = 2\n[[groups]]\nmodel = "/m/qwen-32b.gguf"\n'
+        '[[groups]]\nmodel = "/m/qwen-32b.gguf"\nkind = "embedding"\n'
+    )
+    spec = launch.load_launch_profile(two)
+    assert [g.name for g in spec.groups] == ["qwen-32b", "qwen-32b-2"]
+    assert spec.name == "qwen-32b" and spec.groups[1].kind == "embedding"
+    bad = tmp_path / "bad.toml"
+    for body, message in (
+        ('[[groups]]\nname = "../x"\nmodel = "/m.gguf"\n', "groups[0].name = '../x'"),
+        ('[[groups]]\nmodel = "/m.gguf"\nkind = "chat"\n', "groups[0].kind = 'chat'"),
+        ('[router]\ndefault_model = "nope"\n[[groups]]\nmodel = "/m.gguf"\n', "nope"),
+        ("", "groups is missing"),
+    ):
+        bad.write_text("format = 2\n" + body)
+        with pytest.raises(LauncherError, match=re.escape(message)):
+            launch.load_launch_profile(bad)
 
 
 def test_profile_save_and_show_on_this_box(
@@ -224,7 +279,8 @@ def test_profile_save_and_show_on_this_box(
     saved = run_cli("profile", "save", "mine", "--model", str(model), "--users", "2", env=fleet_env)
     assert saved.returncode == 0, saved.stderr
     shown = run_cli("profile", "show", "mine", env=fleet_env)
-    assert shown.returncode == 0 and 'kind = "cpu:1"' in shown.stdout
+    assert shown.returncode == 0 and 'layout = "cpu:1"' in shown.stdout
+    assert "format = 2" in shown.stdout and "users = 2" in shown.stdout
     listed = run_cli("profile", "list", env=fleet_env)
     assert "mine" in listed.stdout and "six-2060s-risers" in listed.stdout
     unit = run_cli("systemd", "mine", env=fleet_env)
@@ -268,7 +324,7 @@ def test_load_against_nothing_is_one_sentence(fleet_env: dict[str, str]) -> None
 @pytest.mark.parametrize("name", ["8b-per-card", "70b-pooled", "tiny-cpu", "lan-router"])
 def test_shipped_launch_profiles_load(name: str) -> None:
     profile = launch.load_launch_profile(launch.resolve(name))
-    assert profile.name == name and profile.model.endswith(".gguf")
+    assert profile.name == name and profile.groups[0].model.endswith(".gguf")
 
 
 def test_a_profile_whose_card_is_gone_is_reported(

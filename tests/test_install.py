@@ -14,6 +14,7 @@ import pytest
 from launcher import paths
 from launcher.errors import LauncherError
 from launcher.gpu.nvml import CardIdentity
+from launcher.llamacpp.probe import server_target
 from launcher.run import install, server_binary
 from launcher.run.install import choose_backend
 
@@ -186,14 +187,13 @@ def test_no_server_names_the_install_command(
 
 
 def test_probe_reads_the_real_server_once(llama_server: Path) -> None:
-    server = server_binary.ServerBinary(llama_server, "test")
-    caps = server_binary.probe(server)
+    caps = server_binary.probe(llama_server)
     assert {"layer", "tensor"} <= set(caps.split_modes)
     assert caps.supports_fit
     for flag in ("-ngl", "-ts", "-np", "-c", "-fa", "--metrics", "--host", "--port", "--cache-ram"):
         assert caps.supports(flag), flag
     assert caps.commit
-    target = server_binary.server_target(server, caps)
+    target = server_target(llama_server, caps)
     assert target.supports_cache_ram and "row" not in target.split_modes
     options = dict(target.env_options)  # which variable stands for which option
     assert options["LLAMA_ARG_CACHE_RAM"] == ("-cram", "--cache-ram")
@@ -201,7 +201,7 @@ def test_probe_reads_the_real_server_once(llama_server: Path) -> None:
     assert "--no-cache-idle-slots" in options["LLAMA_ARG_CACHE_IDLE_SLOTS"]
     cached = list(paths.probes_dir().glob("*.json"))
     assert len(cached) == 1
-    assert server_binary.probe(server) == caps
+    assert server_binary.probe(llama_server) == caps
 
 
 def test_failed_build_step_names_itself_and_its_log(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import pytest
 
 from launcher.errors import LauncherError
 from launcher.gpu.inventory import Inventory, from_backend
+from launcher.llamacpp.probe import ServerTarget, default_flags
 from launcher.model.spec import ModelSpec, read_model_spec
 from launcher.plan import memory as mem
 from launcher.plan.advisor import plan
-from launcher.plan.layouts import ServerTarget, default_flags
 from launcher.plan.workload import Workload
 from launcher.profiles import hardware
 from tests import gpu_boxes

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.llamacpp.wire import SlotState, parse_slots
 from launcher.router.balancer import Balancer, Member, SpeedMeter
 from tests.conftest import free_port, run_cli, start_llama_server, stop_process
 
@@ -207,7 +208,9 @@ def test_queue_bound_gives_503(
     try:
 
         def long_request() -> None:
-            status, headers, _ = post(f"{url}/completion", completion(400), timeout=120)
+            # 900 tokens: about 1.4 s each on 2 cores, so the third request comes while the
+            # first still runs and the second waits
+            status, headers, _ = post(f"{url}/completion", completion(900), timeout=120)
             answers.append((status, headers))
 
         threads = [threading.Thread(target=long_request) for _ in range(2)]
@@ -336,9 +339,12 @@ def test_fleet_router_with_a_remote_member_and_gpu_gauges(
 def test_speed_counts_only_slots_that_kept_decoding() -> None:
     # a bench on 4x H100 saw a warm-up request and prompt reading make a worker look slow,
     # so the router stacked users on another: only decoding slots may set the speed
-    def slot(i: int, task: int, decoded: int, busy: bool = True) -> dict[str, object]:
+    def slot(i: int, task: int, decoded: int, busy: bool = True) -> SlotState:
         nxt = [{"n_decoded": decoded}]
-        return {"id": i, "id_task": task, "is_processing": busy, "next_token": nxt}
+        (state,) = parse_slots(
+            [{"id": i, "id_task": task, "is_processing": busy, "next_token": nxt}]
+        )
+        return state
 
     meter = SpeedMeter()
     assert meter.update(0.0, [slot(0, 1, 0), slot(1, 2, 0)]) is None  # both reading prompts
@@ -349,11 +355,13 @@ def test_speed_counts_only_slots_that_kept_decoding() -> None:
     assert SpeedMeter().update(5.0, [slot(0, 3, 0, busy=False)]) is None
 
 
-def slots_reply(decoded: list[int]) -> list[dict[str, object]]:
-    return [
-        {"id": i, "id_task": i, "is_processing": True, "next_token": [{"n_decoded": n}]}
-        for i, n in enumerate(decoded)
-    ]
+def slots_reply(decoded: list[int]) -> tuple[SlotState, ...]:
+    return parse_slots(
+        [
+            {"id": i, "id_task": i, "is_processing": True, "next_token": [{"n_decoded": n}]}
+            for i, n in enumerate(decoded)
+        ]
+    )
 
 
 def test_speed_is_the_best_recent_reading() -> None:

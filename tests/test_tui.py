@@ -105,7 +105,7 @@ async def test_main_flow_on_a_real_cpu_server(
     model: Path = model_factory("llama")  # type: ignore[operator]
     svc = services(gpu_boxes.no_driver_backend())
     svc.fleets = Services().fleets
-    svc.start_fleet = Services().start_fleet
+    svc.launch_fleet = Services().launch_fleet
     svc.stop_fleet = Services().stop_fleet
     svc.server = Services().server
     svc.models_dir = tmp_path  # type: ignore[assignment]
@@ -179,7 +179,7 @@ async def test_plan_for_a_profile_reserve_a_card_and_edit_the_split(
 
     from textual.widgets import Button, Input, Select
 
-    from launcher.plan.layouts import ServerTarget
+    from launcher.llamacpp.probe import ServerTarget
     from launcher.profiles import hardware
 
     svc = services(gpu_boxes.four_h100_backend())
@@ -227,13 +227,14 @@ async def test_profiles_load_and_delete_with_confirmation(
 ) -> None:
     from pathlib import Path
 
-    from textual.widgets import Button
+    from textual.widgets import Button, Input, Select
 
     from launcher.profiles import launch
+    from launcher.spec.fleet import FleetSpec, GroupSpec
 
     model: Path = model_factory("llama")  # type: ignore[operator]
     saved = launch.save_launch_profile(
-        launch.LaunchProfile(name="mine", model=str(model), layout="cpu:1")
+        FleetSpec("mine", (GroupSpec(name="m", model=str(model), layout="cpu:1", users=2),))
     )
     svc = services(gpu_boxes.no_driver_backend())
     svc.model_places = lambda: []
@@ -249,6 +250,9 @@ async def test_profiles_load_and_delete_with_confirmation(
         await pilot.pause(0.3)
         assert app.query_one(TabbedContent).active == "plan"
         assert str(model) in str(app.query_one("#plan-model").render())
+        # the profile's workload and layout come with it
+        assert app.query_one("#plan-users", Input).value == "2"
+        assert app.query_one("#plan-layout", Select).value == "cpu:1"
         app.action_show("profiles")
         await pilot.pause()
         table.move_cursor(row=0)
@@ -322,8 +326,8 @@ async def test_plan_screen_plots_this_boxs_bench_results(
 
     from launcher.bench import results
     from launcher.bench.results import BenchRun
+    from launcher.llamacpp.probe import ServerTarget
     from launcher.model.spec import read_model_spec
-    from launcher.plan.layouts import ServerTarget
 
     model: Path = model_factory("llama")  # type: ignore[operator]
     key = results.model_key(read_model_spec(model))

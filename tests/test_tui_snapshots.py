@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.plan.layouts import ServerTarget
+from launcher.llamacpp.probe import ServerTarget
 from launcher.run.fleet_state import FleetState, WorkerState
 from launcher.tui.app import LauncherApp
 from launcher.tui.services import Services

@@ -29,11 +29,11 @@ from typing import Any
 
 from launcher import paths
 from launcher.gpu.inventory import Inventory
+from launcher.llamacpp.args import inherited_settings
+from launcher.llamacpp.probe import ServerTarget, default_flags
 from launcher.model.spec import ModelSpec
 from launcher.plan.advisor import Plan
-from launcher.plan.layouts import ServerTarget, default_flags
 from launcher.plan.perf import served_tok_s
-from launcher.run.server_binary import inherited_settings
 
 # llama.cpp's MMVQ_MAX_BATCH_SIZE (ggml-cuda/mmvq.cuh): the largest decode batch per worker
 # that uses the matrix-vector kernels

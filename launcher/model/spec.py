@@ -115,6 +115,20 @@ class ModelSpec:
             + (0 if self.output_tied else self.output_bytes)
         )
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "arch": self.arch,
+            "name": self.name,
+            "quantization": self.quantization,
+            "parameters": self.parameters,
+            "n_layer": self.n_layer,
+            "weights_bytes": self.weights_bytes,
+            "training_context": self.training_context,
+            "parts": len(self.parts),
+            "notes": list(self.notes),
+        }
+
     def is_swa(self, layer: int) -> bool:
         return bool(self.swa_layers) and self.swa_layers[layer]
 

@@ -12,9 +12,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from launcher.gpu.inventory import Inventory
+from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec
 from launcher.plan import layouts as lay
-from launcher.plan.layouts import Layout, ServerTarget
+from launcher.plan.layouts import Layout
 from launcher.plan.workload import Workload
 
 GIB = 1 << 30
@@ -25,6 +26,10 @@ class RankedLayout:
     layout: Layout
     rank: int  # 1 = best; infeasible layouts come last
     reason: str
+
+    def to_json(self) -> dict[str, object]:
+        data = self.layout.to_json()
+        return {"kind": data.pop("kind"), "rank": self.rank, "reason": self.reason, **data}
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,16 @@ class Plan:
     @property
     def best(self) -> RankedLayout | None:
         return self.layouts[0] if self.layouts and self.layouts[0].layout.feasible else None
+
+    def to_json(self) -> dict[str, object]:
+        """DESIGN.md's ``plan --json`` shape (the caller adds what it knows beyond the plan)."""
+        return {
+            "model": self.spec.to_json(),
+            "workload": self.workload.to_json(),
+            "host": self.host_name,
+            "layouts": [r.to_json() for r in self.layouts],
+            "advice": list(self.advice),
+        }
 
 
 def _score(layout: Layout, goal: str) -> float:

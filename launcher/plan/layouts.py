@@ -8,6 +8,7 @@ host) and ``cpu:N`` (N CPU workers). Each process carries the exact argv and env
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from launcher.errors import LauncherError
 from launcher.gpu.card import GpuCard
 from launcher.gpu.inventory import Host
+from launcher.llamacpp.args import ServerArgs
+from launcher.llamacpp.probe import ServerTarget, default_flags
 from launcher.model.spec import ModelSpec
 from launcher.plan import memory as mem
 from launcher.plan import perf
@@ -25,58 +28,27 @@ from launcher.plan.workload import Workload
 # Free memory a card must keep after loading, for fragmentation and the driver's own needs.
 MIN_HEADROOM_BYTES = 256 << 20
 DEFAULT_ROUTER_PORT = 8080
-# Split modes of the pinned llama.cpp (0c1e57098, llama-cpp-python 0.3.36), for planning
-# without a local build. "row" is listed by the binary but fails to load (DESIGN.md).
-PINNED_SPLIT_MODES = ("none", "layer", "tensor")
-
-
-@dataclass(frozen=True)
-class ServerTarget:
-    """What will run the workers: the llama-server path and its split modes."""
-
-    path: str = "llama-server"
-    split_modes: tuple[str, ...] = PINNED_SPLIT_MODES
-    supports_fit: bool = True
-    supports_cache_ram: bool = True  # --cache-ram: llama.cpp's RAM prompt cache (the pinned has it)
-    # LLAMA_ARG_* variable -> its options, from --help; empty when not probed
-    env_options: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-
-# llama.cpp's RAM prompt cache (--cache-ram, default 8192 MiB) copies every idle slot's KV to
-# host memory on each new request, on the server's only loop (about 80 MB a slot for an 8B at
-# 640 tokens). On 4x H100, turning it off raised the 8B's aggregate at 16-64 users by 20-64%,
-# and a server that had served 64 users decoded for one user at 87 tok/s with it, 203 without
-# (docs/validation/2026-11-27-h100x4-bench.md, runs F and O). Slots keep their own prompt cache
-# in VRAM without it. A profile's extra_args may turn it back on ("--cache-ram", "8192").
-PROMPT_CACHE_OFF = ("--cache-ram", "0")
-
-
-def default_flags(server: ServerTarget) -> tuple[str, ...]:
-    """The llama-server settings the launcher chooses over llama.cpp's own defaults."""
-    return PROMPT_CACHE_OFF if server.supports_cache_ram else ()
-
-
-def with_extra_args(argv: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
-    """``argv`` with a profile's extra llama-server flags after it. Where they set
-    ``--cache-ram`` (the one flag of ``default_flags``), the launcher's value is dropped rather
-    than the flag repeated (llama-server warns about repeats)."""
-    out = list(argv)
-    flag = PROMPT_CACHE_OFF[0]  # profiles spell it so, or "--cache-ram=N" (profiles.launch)
-    if any(a.split("=")[0] == flag for a in extra) and flag in out:
-        at = out.index(flag)
-        del out[at : at + 2]
-    return (*out, *extra)
 
 
 @dataclass(frozen=True)
 class Process:
-    """One llama-server of a layout."""
+    """One llama-server of a layout: its settings, environment additions and cards."""
 
-    argv: tuple[str, ...]
+    args: ServerArgs
     env: dict[str, str]
     cards: tuple[int, ...]
-    port: int
-    slots: int
+
+    @property
+    def port(self) -> int:
+        return self.args.port
+
+    @property
+    def slots(self) -> int:
+        return self.args.slots
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return self.args.argv()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -108,6 +80,17 @@ class Layout:
     @property
     def workers(self) -> int:
         return len(self.processes)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "feasible": self.feasible,
+            "tensor_split": list(self.tensor_split),
+            "processes": [p.to_json() for p in self.processes],
+            "cards": [c.to_json() for c in self.cards],
+            "host_bytes": self.host_bytes,
+            "predicted": self.throughput.to_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -155,42 +138,30 @@ def _env(cards: Sequence[GpuCard]) -> dict[str, str]:
     return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(ids)}
 
 
-def _argv(ctx: _Ctx, port: int, slots: int, extra: Sequence[str]) -> tuple[str, ...]:
+def _args(ctx: _Ctx, port: int, slots: int, **placement: object) -> ServerArgs:
+    """A worker's settings: the workload's, the server's defaults and ``placement`` (layers on
+    the cards, split mode and split, threads)."""
     w = ctx.workload
-    argv = [
-        ctx.server.path,
-        "-m",
-        ctx.model_arg,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-c",
-        str(slots * w.ctx),
-        "-np",
-        str(slots),
-        "-fa",
-        "on",
-        "--metrics",
-        "-ctk",
-        w.kv_type,
-        "-ctv",
-        w.kv_type,
-        *default_flags(ctx.server),
-        *extra,
-    ]
-    if ctx.mmproj_arg:
-        argv += ["--mmproj", ctx.mmproj_arg]
-    return tuple(argv)
+    return ServerArgs(
+        binary=ctx.server.path,
+        model=ctx.model_arg,
+        port=port,
+        slots=slots,
+        ctx_per_slot=w.ctx,
+        kv_type=w.kv_type,
+        defaults=default_flags(ctx.server),
+        mmproj=ctx.mmproj_arg,
+        **placement,  # type: ignore[arg-type]
+    )
 
 
-def _gpu_flags(ctx: _Ctx, mode: str, ngl: int, split: Sequence[int] = ()) -> list[str]:
-    flags = ["-ngl", str(ngl), "-sm", mode]
-    if split:
-        flags += ["-ts", ",".join(str(s) for s in split)]
-    if ctx.server.supports_fit:
-        flags += ["--fit", "off"]  # what runs is what was planned
-    return flags
+def _gpu(ctx: _Ctx, mode: str, ngl: int, split: Sequence[int] = ()) -> dict[str, object]:
+    return {
+        "gpu_layers": ngl,
+        "split_mode": mode,
+        "tensor_split": tuple(split),
+        "fit_off": ctx.server.supports_fit,  # what runs is what was planned
+    }
 
 
 def _stages(ctx: _Ctx, cards: Sequence[GpuCard], memory: Sequence[CardMemory]) -> list[Stage]:
@@ -318,8 +289,8 @@ def per_card(ctx: _Ctx) -> Layout:
         )
         memories.append(m)
         port = ctx.router_port + 1 + i
-        argv = _argv(ctx, port, slots, _gpu_flags(ctx, "none", 999))
-        processes.append(Process(argv, _env([card]), (card.index,), port, slots))
+        args = _args(ctx, port, slots, **_gpu(ctx, "none", 999))
+        processes.append(Process(args, _env([card]), (card.index,)))
         steps.append(_layer_step(ctx, _stages(ctx, [card], [m])))
     single = 1.0 / steps[0](1)
     aggregate = sum(u / step(u) for u, step in zip(users, steps, strict=True) if u > 0)
@@ -359,7 +330,7 @@ def pooled_layer(
         extra_first_card=ctx.mmproj_bytes,
     )
     port = ctx.router_port + 1 + port_offset
-    argv = _argv(ctx, port, slots, _gpu_flags(ctx, "layer", 999, split))
+    args = _args(ctx, port, slots, **_gpu(ctx, "layer", 999, split))
     stages = _stages(ctx, cards, memory)
     single, aggregate = _rates(
         lambda b: perf.layer_split_step(stages, b, ctx.spec.n_embd, _kv_read(ctx)), [slots]
@@ -367,7 +338,7 @@ def pooled_layer(
     pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, ctx.spec.n_layer, False, w.n_ubatch)
     return Layout(
         kind,
-        (Process(argv, _env(cards), tuple(c.index for c in cards), port, slots),),
+        (Process(args, _env(cards), tuple(c.index for c in cards)),),
         tuple(memory),
         host,
         Throughput(single, aggregate, pp),
@@ -395,7 +366,7 @@ def pooled_tensor(ctx: _Ctx) -> Layout:
         w.n_ubatch,
     )
     port = ctx.router_port + 1
-    argv = _argv(ctx, port, w.users, _gpu_flags(ctx, "tensor", 999, split))
+    args = _args(ctx, port, w.users, **_gpu(ctx, "tensor", 999, split))
     stages = _stages(ctx, cards, memory)
     n_layer = ctx.spec.n_layer
     single, aggregate = _rates(
@@ -405,7 +376,7 @@ def pooled_tensor(ctx: _Ctx) -> Layout:
     pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, n_layer, True, w.n_ubatch)
     return Layout(
         "pooled-tensor",
-        (Process(argv, _env(cards), tuple(c.index for c in cards), port, w.users),),
+        (Process(args, _env(cards), tuple(c.index for c in cards)),),
         tuple(memory),
         host,
         Throughput(single, aggregate, pp),
@@ -456,7 +427,7 @@ def partial_offload(ctx: _Ctx) -> Layout:
         if _fit_problem(memory) is None:
             port = ctx.router_port + 1
             split = [len(m.layers) for m in memory]
-            argv = _argv(ctx, port, w.users, _gpu_flags(ctx, "layer", ngl, split))
+            args = _args(ctx, port, w.users, **_gpu(ctx, "layer", ngl, split))
             on_gpu = sum(m.weights_bytes for m in memory)
             cpu_bytes = host - ctx.spec.token_embd_bytes
             # the host part streams from RAM at roughly 40 GB/s on a desktop
@@ -469,7 +440,7 @@ def partial_offload(ctx: _Ctx) -> Layout:
             single, aggregate = _rates(step, [w.users])
             best = Layout(
                 "partial-offload",
-                (Process(argv, _env(cards), tuple(c.index for c in cards), port, w.users),),
+                (Process(args, _env(cards), tuple(c.index for c in cards)),),
                 tuple(memory),
                 host,
                 Throughput(single, aggregate, 0.0),
@@ -514,8 +485,8 @@ def cpu_workers(ctx: _Ctx, n: int) -> Layout:
     for i in range(n):
         slots = max(users[i], 1)
         port = ctx.router_port + 1 + i
-        argv = _argv(ctx, port, slots, ["-ngl", "0", "-t", str(threads)])
-        processes.append(Process(argv, {"CUDA_VISIBLE_DEVICES": ""}, (), port, slots))
+        args = _args(ctx, port, slots, gpu_layers=0, threads=threads)
+        processes.append(Process(args, {"CUDA_VISIBLE_DEVICES": ""}, ()))
     host = shared + n * private
     # a CPU streams weights from RAM: ~20 GB/s per worker's share of the cores, roughly
     bw = 20e9 * threads / max(ctx.host.info.cpu_cores, 1) * min(ctx.host.info.cpu_cores, 8) / 2
@@ -616,3 +587,44 @@ def build_layouts(
             "pooled-tensor, groups:K, partial-offload or cpu:N."
         )
     return out
+
+
+def with_tensor_split(
+    spec: ModelSpec, layout: Layout, split: Sequence[int], workload: Workload
+) -> Layout:
+    """A one-worker pooled ``layout`` with a hand-made ``-ts``: memory per card recomputed,
+    the worker's split replaced. For ``-sm layer`` the split is layers per card (adding up to
+    the model's layers and output head); for ``-sm tensor``, proportions. Raises one sentence
+    when the split does not match the layout."""
+    mode = layout.processes[0].args.split_mode if len(layout.processes) == 1 else None
+    if mode not in ("layer", "tensor") or layout.kind == "partial-offload":
+        raise LauncherError(f"A tensor split applies to pooled layouts, not to {layout.kind}.")
+    if len(split) != len(layout.cards) or min(split, default=0) < 0 or sum(split) == 0:
+        raise LauncherError(
+            f"A tensor split for {layout.kind} needs {len(layout.cards)} numbers of 0 or more, "
+            "one per card."
+        )
+    if mode == "layer" and sum(split) != spec.n_layer + 1:
+        raise LauncherError(
+            f"A split needs {len(layout.cards)} numbers adding up to {spec.n_layer + 1} layers."
+        )
+    process = layout.processes[0]
+    memory = mem.layer_split_memory if mode == "layer" else mem.tensor_split_memory
+    cards, host = memory(
+        spec,
+        [(c.card, c.uuid, c.free_bytes) for c in layout.cards],
+        list(split),
+        workload.ctx,
+        process.slots,
+        workload.kv_type,
+        workload.n_ubatch,
+    )
+    args = process.args.replace(tensor_split=tuple(split))
+    return dataclasses.replace(
+        layout,
+        cards=tuple(cards),
+        host_bytes=host,
+        tensor_split=tuple(split),
+        problem=_fit_problem(cards),
+        processes=(dataclasses.replace(process, args=args),),
+    )

@@ -50,6 +50,17 @@ class CardMemory:
     def free_after_bytes(self) -> int:
         return self.free_bytes - self.total_bytes
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.card,
+            "uuid": self.uuid,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes,
+            "compute_bytes": self.compute_bytes,
+            "total_bytes": self.total_bytes,
+            "free_after_bytes": self.free_after_bytes,
+        }
+
 
 def _pad(n: int, to: int = CELL_PAD) -> int:
     return (n + to - 1) // to * to

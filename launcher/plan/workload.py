@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.errors import LauncherError
+from launcher.llamacpp.args import KV_TYPES
 
-KV_TYPES = ("f16", "q8_0", "q4_0")
 GOALS = ("throughput", "latency", "context")
 DEFAULT_USERS_PER_WORKER = 4
 DEFAULT_CTX = 4096
@@ -36,6 +36,9 @@ class Workload:
             raise LauncherError(f"--goal must be one of {', '.join(GOALS)}.")
         if self.cards and self.exclude_cards:
             raise LauncherError("Give --cards or --exclude-cards, not both.")
+
+    def to_json(self) -> dict[str, object]:
+        return {"users": self.users, "ctx": self.ctx, "kv_type": self.kv_type, "goal": self.goal}
 
 
 def parse_card_list(text: str | None) -> tuple[str, ...]:

@@ -1,72 +1,40 @@
-"""Launch profiles: a model, a layout and its settings in TOML, so a fleet starts headless.
+"""Launch profiles: a fleet spec in TOML, so a fleet starts headless.
 
-Every key is documented in docs/launch-profiles.md. Reading validates everything and names
-the file, the key and what is allowed; writing refuses to replace a file without ``force``.
+``format = 2`` holds ``[[groups]]`` (DESIGN.md, "Fleet spec"); ``format = 1`` (one model, the
+first version's) still loads, as a fleet of one group. Every key is documented in
+docs/launch-profiles.md. Reading validates everything and names the file, the key and what is
+allowed; writing (always format 2) refuses to replace a file without ``force``. A profile
+holds what the user chose, never the workers' command lines: ``up`` builds those.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from launcher.errors import LauncherError
-from launcher.plan.workload import GOALS, KV_TYPES
+from launcher.llamacpp.args import EXTRA_FLAGS, KV_TYPES
+from launcher.plan.workload import GOALS
 from launcher.profiles import store
+from launcher.spec.fleet import (
+    DEFAULT_SETTINGS,
+    GROUP_KINDS,
+    LAYOUT_PATTERN,
+    LAYOUT_WORDS,
+    NAME_PATTERN,
+    FleetSpec,
+    GroupSpec,
+    RemoteMember,
+    RouterSpec,
+    ServerSettings,
+    name_from_model,
+)
 
 KIND = "launch"
-LAYOUT_PATTERN = re.compile(
-    r"^(auto|per-card|pooled-layer|pooled-tensor|partial-offload|"
-    r"groups:\d+|cpu:\d+)$"
-)
-# llama-server flags a profile may add (shown to the user before anything starts). Flags
-# that the plan sets itself (-m, -c, -np, -ngl, -ts, -sm, --host, --port, ...) are not here.
-EXTRA_FLAGS = {
-    "--temp",
-    "--top-k",
-    "--top-p",
-    "--min-p",
-    "--repeat-penalty",
-    "--seed",
-    "--chat-template",
-    "--jinja",
-    "--no-webui",
-    "--alias",
-    "-a",
-    "--threads",
-    "-t",
-    "--threads-batch",
-    "-tb",
-    "--batch-size",
-    "-b",
-    "--ubatch-size",
-    "-ub",
-    "--mlock",
-    "--no-mmap",
-    "--cont-batching",
-    "--cache-reuse",
-    "--reasoning-format",
-    "--n-predict",
-    "-n",
-    "--timeout",
-    "--slot-save-path",
-    "--lora",
-    "--rope-scaling",
-    "--rope-freq-base",
-    "--yarn-orig-ctx",
-    "--defrag-thold",
-    "--swa-full",
-    "--kv-unified",
-    "--log-verbosity",
-    "-lv",
-    "--log-timestamps",
-    "--log-prefix",
-    "--cache-ram",
-    "--backend-sampling",
-}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-_TOP = {
+_TOP_1 = {
     "format",
     "name",
     "model",
@@ -78,89 +46,32 @@ _TOP = {
     "server",
     "router",
 }
+_TOP_2 = {"format", "name", "hardware", "router", "groups"}
 _WORKLOAD = {"users", "ctx", "kv_type", "goal"}
 _LAYOUT = {"kind", "cards", "pci_bus_ids", "tensor_split"}
-_SERVER = {"flash_attn", "extra_args", "health_timeout_s"}
-_ROUTER = {"enabled", "host", "port", "api_key_env", "affinity", "members"}
+_SERVER_1 = {"flash_attn", "extra_args", "health_timeout_s"}
+_SERVER_2 = {"kv_type", "flash_attn", "extra_args", "health_timeout_s", "llama_server", "mmproj"}
+_GROUP = {
+    "name",
+    "aliases",
+    "kind",
+    "model",
+    "layout",
+    "cards",
+    "pci_bus_ids",
+    "tensor_split",
+    "users",
+    "ctx",
+    "goal",
+    "server",
+}
+_ROUTER = {"enabled", "host", "port", "api_key_env", "affinity", "members", "default_model"}
 _MEMBER = {"url", "weight", "api_key_env"}
 
 
-@dataclass
-class RouterMember:
-    url: str
-    weight: float = 1.0
-    api_key_env: str | None = None
-
-
-@dataclass
-class LaunchProfile:
-    """A fleet, as saved: what to run and how."""
-
-    name: str
-    model: str
-    hardware: str | None = None
-    llama_server: str | None = None
-    mmproj: str | None = None
-    users: int | None = None
-    ctx: int | None = None
-    kv_type: str = "f16"
-    goal: str = "throughput"
-    layout: str = "auto"
-    cards: list[str] = field(default_factory=list)  # UUIDs, in the order planned
-    pci_bus_ids: list[str] = field(default_factory=list)  # fallback when a UUID is not found
-    tensor_split: list[int] = field(default_factory=list)
-    flash_attn: bool = True
-    extra_args: list[str] = field(default_factory=list)
-    health_timeout_s: float = 600.0
-    router_enabled: bool = True
-    router_host: str = "127.0.0.1"
-    router_port: int = 8080
-    api_key_env: str | None = None
-    affinity: bool = False
-    members: list[RouterMember] = field(default_factory=list)
-
-    def to_toml(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"format": 1, "name": self.name, "model": self.model}
-        for key in ("hardware", "llama_server", "mmproj"):
-            if getattr(self, key):
-                data[key] = getattr(self, key)
-        workload: dict[str, Any] = {"kv_type": self.kv_type, "goal": self.goal}
-        if self.users is not None:
-            workload["users"] = self.users
-        if self.ctx is not None:
-            workload["ctx"] = self.ctx
-        data["workload"] = workload
-        layout: dict[str, Any] = {"kind": self.layout}
-        if self.cards:
-            layout["cards"] = self.cards
-        if self.pci_bus_ids:
-            layout["pci_bus_ids"] = self.pci_bus_ids
-        if self.tensor_split:
-            layout["tensor_split"] = self.tensor_split
-        data["layout"] = layout
-        data["server"] = {
-            "flash_attn": self.flash_attn,
-            "extra_args": self.extra_args,
-            "health_timeout_s": self.health_timeout_s,
-        }
-        router: dict[str, Any] = {
-            "enabled": self.router_enabled,
-            "host": self.router_host,
-            "port": self.router_port,
-        }
-        if self.api_key_env:
-            router["api_key_env"] = self.api_key_env
-        if self.affinity:
-            router["affinity"] = True
-        if self.members:
-            router["members"] = [
-                {k: v for k, v in vars(m).items() if v is not None} for m in self.members
-            ]
-        data["router"] = router
-        return data
-
-
 class _Check:
+    """Typed reads of one file's tables; every failure names the file and the key."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -178,120 +89,253 @@ class _Check:
                 )
         return table
 
-    def typed(
-        self, table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, what: str
-    ) -> Any:
+    def typed(self, table: dict[str, Any], key: str, kind: type, where: str, what: str) -> Any:
         value = table.get(key)
         if value is None:
             return None
-        if (
-            isinstance(value, bool)
-            and kind is not bool
-            and bool not in (kind if isinstance(kind, tuple) else (kind,))
-        ):
-            raise self.fail(f"{where}{key}", f"= {value!r}: must be {what}.")
-        if not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             raise self.fail(f"{where}{key}", f"= {value!r}: must be {what}.")
         return value
 
+    def flag(self, table: dict[str, Any], key: str, where: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{where}{key}", f"= {value!r}: must be true or false.")
+        return value
 
-def load_launch_profile(path: Path) -> LaunchProfile:
-    """Read and validate a launch profile."""
+    def strings(self, table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(f"{where}{key}", "must be a list of strings.")
+        return tuple(value)
+
+    def count(self, table: dict[str, Any], key: str, where: str, least: int) -> int | None:
+        value = self.typed(table, key, int, where, f"a whole number of {least} or more")
+        if value is not None and value < least:
+            raise self.fail(f"{where}{key}", f"= {value}: must be {least} or more.")
+        return value  # type: ignore[no-any-return]
+
+    def choice(
+        self, table: dict[str, Any], key: str, where: str, allowed: tuple[str, ...], default: str
+    ) -> str:
+        value = table.get(key, default)
+        if value not in allowed:
+            raise self.fail(f"{where}{key}", f"= {value!r}: must be one of {', '.join(allowed)}.")
+        return str(value)
+
+    def name(self, value: Any, key: str, what: str) -> str:
+        if not isinstance(value, str) or not NAME_PATTERN.match(value):
+            raise self.fail(
+                key,
+                f"= {value!r}: a {what} name is up to 64 letters, digits, '-', '_' and '.', "
+                "not starting with '.'.",
+            )
+        return value
+
+    def model(self, table: dict[str, Any], where: str) -> str:
+        model = self.typed(table, "model", str, where, "the path of a .gguf file")
+        if not model:
+            raise self.fail(f"{where}model", "is missing; give the path of the .gguf model.")
+        if not model.startswith(("/", "~")):  # relative to the profile's own folder
+            model = str((self.path.parent / model).resolve())
+        return str(model)
+
+    def layout(self, table: dict[str, Any], key: str, where: str) -> str:
+        kind = table.get(key, "auto")
+        if not isinstance(kind, str) or not LAYOUT_PATTERN.match(kind):
+            raise self.fail(f"{where}{key}", f"= {kind!r}: must be {LAYOUT_WORDS}.")
+        return kind
+
+    def split(self, table: dict[str, Any], where: str) -> tuple[int, ...]:
+        split = table.get("tensor_split", [])
+        if not isinstance(split, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in split
+        ):
+            raise self.fail(
+                f"{where}tensor_split", "must be a list of whole numbers (-ts, per card)."
+            )
+        return tuple(split)
+
+    def server(
+        self, table: dict[str, Any], where: str, base: ServerSettings = DEFAULT_SETTINGS
+    ) -> ServerSettings:
+        extra = table.get("extra_args", list(base.extra_args))
+        if not isinstance(extra, list) or not all(isinstance(v, str) for v in extra):
+            raise self.fail(
+                f"{where}extra_args", 'must be a list of strings, e.g. ["--temp", "0.7"].'
+            )
+        for arg in extra:
+            if arg.startswith("-") and not _is_number(arg) and arg.split("=")[0] not in EXTRA_FLAGS:
+                raise self.fail(
+                    f"{where}extra_args",
+                    f"has {arg!r}, which is not allowed; allowed "
+                    f"flags: {', '.join(sorted(EXTRA_FLAGS))}.",
+                )
+        timeout = table.get("health_timeout_s", base.health_timeout_s)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise self.fail(
+                f"{where}health_timeout_s", f"= {timeout!r}: must be a number of seconds."
+            )
+        return replace(
+            base,
+            kv_type=self.choice(table, "kv_type", where, KV_TYPES, base.kv_type),
+            flash_attn=self.flag(table, "flash_attn", where, base.flash_attn),
+            extra_args=tuple(extra),
+            health_timeout_s=float(timeout),
+            llama_server=self.typed(table, "llama_server", str, where, "a path")
+            or base.llama_server,
+            mmproj=self.typed(table, "mmproj", str, where, "a path") or base.mmproj,
+        )
+
+    def router(self, data: dict[str, Any]) -> RouterSpec:
+        r = self.keys(data.get("router", {}), _ROUTER, "router")
+        host = self.typed(r, "host", str, "router.", "an address") or "127.0.0.1"
+        port = r.get("port", 8080)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise self.fail("router.port", f"= {port!r}: must be a port number from 1 to 65535.")
+        key_env = self.typed(r, "api_key_env", str, "router.", "an environment variable name")
+        if host not in LOOPBACK and not key_env:
+            raise self.fail(
+                "router.host",
+                f"= {host!r} is reachable from the network, so "
+                "router.api_key_env must name the variable holding the API key.",
+            )
+        members = []
+        for i, m in enumerate(r.get("members", [])):
+            where = f"router.members[{i}]."
+            m = self.keys(m, _MEMBER, where[:-1])
+            url = self.typed(m, "url", str, where, "an http(s) URL")
+            if not url or not url.startswith(("http://", "https://")):
+                raise self.fail(f"{where}url", "must be an http:// or https:// URL.")
+            weight = m.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise self.fail(f"{where}weight", f"= {weight!r}: must be above 0.")
+            members.append(
+                RemoteMember(url, float(weight), self.typed(m, "api_key_env", str, where, "a name"))
+            )
+        return RouterSpec(
+            enabled=self.flag(r, "enabled", "router.", True),
+            host=host,
+            port=port,
+            api_key_env=key_env,
+            affinity=self.flag(r, "affinity", "router.", False),
+            default_model=self.typed(r, "default_model", str, "router.", "a group name"),
+            members=tuple(members),
+        )
+
+
+def load_launch_profile(path: Path) -> FleetSpec:
+    """Read and validate a launch profile (format 1 or 2) as a fleet spec to plan and run."""
     data = store.read_toml(path)
     c = _Check(path)
-    c.keys(data, _TOP, "")
-    if data.get("format") != 1:
-        raise c.fail("format", f"= {data.get('format')!r}: must be 1 (add 'format = 1').")
-    model = c.typed(data, "model", str, "", "the path of a .gguf file")
-    if not model:
-        raise c.fail("model", "is missing; give the path of the .gguf model to run.")
-    if not model.startswith(("/", "~")):  # relative to the profile's own folder
-        model = str((path.parent / model).resolve())
-    p = LaunchProfile(name=c.typed(data, "name", str, "", "a string") or path.stem, model=model)
-    p.hardware = c.typed(data, "hardware", str, "", "a hardware profile name or path")
-    p.llama_server = c.typed(data, "llama_server", str, "", "a path")
-    p.mmproj = c.typed(data, "mmproj", str, "", "a path")
+    version = data.get("format")
+    if version == 1:
+        return _format_1(c, data)
+    if version == 2:
+        return _format_2(c, data)
+    raise c.fail("format", f"= {version!r}: must be 2 (or 1 for a one-model profile).")
+
+
+def _format_1(c: _Check, data: dict[str, Any]) -> FleetSpec:
+    c.keys(data, _TOP_1, "")
+    name = c.name(c.typed(data, "name", str, "", "a string") or c.path.stem, "name", "fleet")
+    model = c.model(data, "")
     w = c.keys(data.get("workload", {}), _WORKLOAD, "workload")
-    p.users = c.typed(w, "users", int, "workload.", "a whole number of 1 or more")
-    p.ctx = c.typed(w, "ctx", int, "workload.", "a whole number of 256 or more")
-    if p.users is not None and p.users < 1:
-        raise c.fail("workload.users", f"= {p.users}: must be 1 or more.")
-    if p.ctx is not None and p.ctx < 256:
-        raise c.fail("workload.ctx", f"= {p.ctx}: must be 256 or more.")
-    p.kv_type = w.get("kv_type", "f16")
-    if p.kv_type not in KV_TYPES:
-        raise c.fail("workload.kv_type", f"= {p.kv_type!r}: must be one of {', '.join(KV_TYPES)}.")
-    p.goal = w.get("goal", "throughput")
-    if p.goal not in GOALS:
-        raise c.fail("workload.goal", f"= {p.goal!r}: must be one of {', '.join(GOALS)}.")
     lay = c.keys(data.get("layout", {}), _LAYOUT, "layout")
-    p.layout = lay.get("kind", "auto")
-    if not isinstance(p.layout, str) or not LAYOUT_PATTERN.match(p.layout):
-        raise c.fail(
-            "layout.kind",
-            f"= {p.layout!r}: must be auto, per-card, pooled-layer, "
-            "pooled-tensor, groups:K, partial-offload or cpu:N.",
-        )
-    for key in ("cards", "pci_bus_ids"):
-        value = lay.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise c.fail(f"layout.{key}", "must be a list of strings.")
-        setattr(p, key, list(value))
-    split = lay.get("tensor_split", [])
-    if not isinstance(split, list) or not all(isinstance(v, int) and v >= 0 for v in split):
-        raise c.fail("layout.tensor_split", "must be a list of whole numbers (layers per card).")
-    p.tensor_split = list(split)
-    srv = c.keys(data.get("server", {}), _SERVER, "server")
-    fa = srv.get("flash_attn", True)
-    if not isinstance(fa, bool):
-        raise c.fail("server.flash_attn", f"= {fa!r}: must be true or false.")
-    p.flash_attn = fa
-    extra = srv.get("extra_args", [])
-    if not isinstance(extra, list) or not all(isinstance(v, str) for v in extra):
-        raise c.fail("server.extra_args", 'must be a list of strings, e.g. ["--temp", "0.7"].')
-    for arg in extra:
-        if arg.startswith("-") and not _is_number(arg) and arg.split("=")[0] not in EXTRA_FLAGS:
-            raise c.fail(
-                "server.extra_args",
-                f"has {arg!r}, which is not allowed; allowed "
-                f"flags: {', '.join(sorted(EXTRA_FLAGS))}.",
+    srv = c.keys(data.get("server", {}), _SERVER_1, "server")
+    server = c.server(srv, "server.")
+    server = replace(
+        server,
+        kv_type=c.choice(w, "kv_type", "workload.", KV_TYPES, "f16"),
+        llama_server=c.typed(data, "llama_server", str, "", "a path"),
+        mmproj=c.typed(data, "mmproj", str, "", "a path"),
+    )
+    group = GroupSpec(
+        name=name_from_model(model),
+        model=model,
+        layout=c.layout(lay, "kind", "layout."),
+        cards=c.strings(lay, "cards", "layout."),
+        pci_bus_ids=c.strings(lay, "pci_bus_ids", "layout."),
+        tensor_split=c.split(lay, "layout."),
+        users=c.count(w, "users", "workload.", 1),
+        ctx=c.count(w, "ctx", "workload.", 256),
+        goal=c.choice(w, "goal", "workload.", GOALS, "throughput"),
+        server=server,
+    )
+    return FleetSpec(
+        name,
+        (group,),
+        c.router(data),
+        hardware=c.typed(data, "hardware", str, "", "a hardware profile name or path"),
+        source=str(c.path),
+    )
+
+
+def _format_2(c: _Check, data: dict[str, Any]) -> FleetSpec:
+    c.keys(data, _TOP_2, "")
+    raw = data.get("groups")
+    if not isinstance(raw, list) or not raw:
+        raise c.fail("groups", "is missing; add at least one [[groups]] table with a model.")
+    groups: list[GroupSpec] = []
+    for i, table in enumerate(raw):
+        where = f"groups[{i}]."
+        g = c.keys(table, _GROUP, where[:-1])
+        model = c.model(g, where)
+        taken = {x.name for x in groups}
+        if "name" in g:
+            name = c.name(g["name"], f"{where}name", "group")
+            if name in taken:
+                raise c.fail(f"{where}name", f"= {name!r} is already a group of this fleet.")
+        else:
+            name = _unique(name_from_model(model), taken)
+        aliases = c.strings(g, "aliases", where)
+        for alias in aliases:
+            if not alias.isprintable() or not 0 < len(alias) <= 128:
+                raise c.fail(f"{where}aliases", f"has {alias!r}: up to 128 printable characters.")
+        groups.append(
+            GroupSpec(
+                name=name,
+                model=model,
+                layout=c.layout(g, "layout", where),
+                kind=c.choice(g, "kind", where, GROUP_KINDS, "generation"),
+                aliases=aliases,
+                cards=c.strings(g, "cards", where),
+                pci_bus_ids=c.strings(g, "pci_bus_ids", where),
+                tensor_split=c.split(g, where),
+                users=c.count(g, "users", where, 1),
+                ctx=c.count(g, "ctx", where, 256),
+                goal=c.choice(g, "goal", where, GOALS, "throughput"),
+                server=c.server(
+                    c.keys(g.get("server", {}), _SERVER_2, f"{where}server"), f"{where}server."
+                ),
             )
-    p.extra_args = list(extra)
-    timeout = srv.get("health_timeout_s", 600.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise c.fail("server.health_timeout_s", f"= {timeout!r}: must be a number of seconds.")
-    p.health_timeout_s = float(timeout)
-    r = c.keys(data.get("router", {}), _ROUTER, "router")
-    enabled = r.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise c.fail("router.enabled", f"= {enabled!r}: must be true or false.")
-    p.router_enabled = enabled
-    affinity = r.get("affinity", False)
-    if not isinstance(affinity, bool):
-        raise c.fail("router.affinity", f"= {affinity!r}: must be true or false.")
-    p.affinity = affinity
-    p.router_host = c.typed(r, "host", str, "router.", "an address") or "127.0.0.1"
-    port = r.get("port", 8080)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise c.fail("router.port", f"= {port!r}: must be a port number from 1 to 65535.")
-    p.router_port = port
-    p.api_key_env = c.typed(r, "api_key_env", str, "router.", "an environment variable name")
-    if p.router_host not in ("127.0.0.1", "localhost", "::1") and not p.api_key_env:
-        raise c.fail(
-            "router.host",
-            f"= {p.router_host!r} is reachable from the network, so "
-            "router.api_key_env must name the variable holding the API key.",
         )
-    for i, m in enumerate(r.get("members", [])):
-        m = c.keys(m, _MEMBER, f"router.members[{i}]")
-        url = c.typed(m, "url", str, f"router.members[{i}].", "an http(s) URL")
-        if not url or not url.startswith(("http://", "https://")):
-            raise c.fail(f"router.members[{i}].url", "must be an http:// or https:// URL.")
-        weight = m.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-            raise c.fail(f"router.members[{i}].weight", f"= {weight!r}: must be above 0.")
-        p.members.append(RouterMember(url, float(weight), m.get("api_key_env")))
-    return p
+    name = c.typed(data, "name", str, "", "a string") or groups[0].name
+    router = c.router(data)
+    names = {g.name for g in groups} | {a for g in groups for a in g.aliases}
+    if router.default_model is not None and router.default_model not in names:
+        raise c.fail(
+            "router.default_model",
+            f"= {router.default_model!r} is not a group of this fleet "
+            f"({', '.join(sorted(names))}).",
+        )
+    return FleetSpec(
+        c.name(name, "name", "fleet"),
+        tuple(groups),
+        router,
+        hardware=c.typed(data, "hardware", str, "", "a hardware profile name or path"),
+        source=str(c.path),
+    )
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3`` ... when a group already has it."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"
 
 
 def _is_number(text: str) -> bool:
@@ -300,6 +344,54 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def to_toml(spec: FleetSpec) -> dict[str, Any]:
+    """``spec`` as a format-2 launch profile: what was chosen, not the workers' argv."""
+    data: dict[str, Any] = {"format": 2, "name": spec.name}
+    if spec.hardware:
+        data["hardware"] = spec.hardware
+    r = spec.router
+    router: dict[str, Any] = {"enabled": r.enabled, "host": r.host, "port": r.port}
+    if r.api_key_env:
+        router["api_key_env"] = r.api_key_env
+    if r.affinity:
+        router["affinity"] = True
+    if r.default_model:
+        router["default_model"] = r.default_model
+    if r.members:
+        router["members"] = [{k: v for k, v in vars(m).items() if v is not None} for m in r.members]
+    data["router"] = router
+    data["groups"] = [_group_toml(g) for g in spec.groups]
+    return data
+
+
+def _group_toml(g: GroupSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": g.name, "model": g.model, "layout": g.layout}
+    if g.kind != "generation":
+        out["kind"] = g.kind
+    if g.aliases:
+        out["aliases"] = list(g.aliases)
+    for key in ("cards", "pci_bus_ids", "tensor_split"):
+        if getattr(g, key):
+            out[key] = list(getattr(g, key))
+    for key in ("users", "ctx"):
+        if getattr(g, key) is not None:
+            out[key] = getattr(g, key)
+    out["goal"] = g.goal
+    s = g.server
+    server: dict[str, Any] = {
+        "kv_type": s.kv_type,
+        "flash_attn": s.flash_attn,
+        "extra_args": list(s.extra_args),
+        "health_timeout_s": s.health_timeout_s,
+    }
+    if s.llama_server:
+        server["llama_server"] = s.llama_server
+    if s.mmproj:
+        server["mmproj"] = s.mmproj
+    out["server"] = server
+    return out
 
 
 def resolve(spec: str) -> Path:
@@ -311,7 +403,7 @@ def list_profiles() -> list[tuple[str, Path, str]]:
     return store.list_profiles(KIND)
 
 
-def save_launch_profile(profile: LaunchProfile, *, force: bool = False) -> Path:
-    import tomli_w
+def save_launch_profile(spec: FleetSpec, *, force: bool = False) -> Path:
+    import tomli_w  # deferred: only saving needs the TOML writer
 
-    return store.write_new(KIND, profile.name, tomli_w.dumps(profile.to_toml()), force=force)
+    return store.write_new(KIND, spec.name, tomli_w.dumps(to_toml(spec)), force=force)

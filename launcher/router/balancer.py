@@ -1,6 +1,6 @@
 """Which worker gets the next request: least busy by free slots, weighted by speed.
 
-Each member has slots (from its ``/slots``, refreshed by the health loop) and the router's own
+Each member has slots (from its ``/slots``, in the supervisor's snapshots) and the router's own
 count of requests in flight on it. A request goes to the healthy member with the lowest
 ``(in_flight + 1) / (slots x speed)``, where speed is the member's measured tokens/s per busy
 slot relative to the fastest, both read with as many slots decoding (the best readings of the
@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from launcher.run.metrics import decoded_tokens
+from launcher.llamacpp.wire import SlotState
 
 
 @dataclass
@@ -97,13 +97,13 @@ class SpeedMeter:
         self._time = 0.0
         self._readings: deque[tuple[float, int, float]] = deque()  # time, slots, tok/s
 
-    def update(self, now: float, slots: list[dict[str, object]]) -> float | None:
-        """Take one ``/slots`` reply; the best recent reading at the latest number of
+    def update(self, now: float, slots: tuple[SlotState, ...]) -> float | None:
+        """Take one ``/slots`` reading; the best recent reading at the latest number of
         decoding slots, what the member does at its current load (None until there is one)."""
         current: dict[object, tuple[object, int]] = {}
         for s in slots:
-            if s.get("is_processing"):
-                current[s.get("id")] = (s.get("id_task"), decoded_tokens(s))
+            if s.processing:
+                current[s.id] = (s.task, s.decoded)
         rates = []
         dt = now - self._time
         for slot, (task, decoded) in current.items():

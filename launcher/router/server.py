@@ -4,15 +4,15 @@ Routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1
 llama.cpp's ``/completion``, ``/health`` and ``/metrics`` (Prometheus text). Streams pass
 through chunk by chunk; a client that goes away cancels its upstream request. A request is
 retried on another member only when the first failed before any byte reached the client.
-Members leave rotation at their first failed request or health check (checked every 0.5 s)
-and come back when ``/health`` answers 200. A non-loopback address requires an API key,
+Members leave rotation at their first failed request or unhealthy snapshot and come back
+with the next healthy one: the router does not poll, it reads the snapshots its owner passes
+to ``observe`` (the supervisor's pollers). A non-loopback address requires an API key,
 checked on every route but ``/health``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import time
@@ -24,10 +24,11 @@ import aiohttp
 from aiohttp import web
 
 from launcher.errors import LauncherError
+from launcher.llamacpp.poll import WorkerSnapshot
+from launcher.llamacpp.wire import tokens_in
 from launcher.router.balancer import Balancer, Member, QueueFull, SpeedMeter, affinity_key
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-HEALTH_INTERVAL_S = 0.5
 _HOP = {
     "connection",
     "keep-alive",
@@ -80,7 +81,6 @@ class Router:
         self.rejected_total = 0
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self._health_task: asyncio.Task[None] | None = None
         self._meters: dict[str, SpeedMeter] = {}
 
     @property
@@ -99,7 +99,6 @@ class Router:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             connector=aiohttp.TCPConnector(limit=0, force_close=True),
         )
-        await self.check_health()
         app = web.Application(middlewares=[self._auth], client_max_size=64 << 20)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -128,67 +127,39 @@ class Router:
                 f"{self.config.port} ({err.strerror}); stop what uses it or "
                 "choose another --port."
             ) from err
-        self._health_task = asyncio.create_task(self._health_loop())
 
     async def stop(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
 
-    # -- health -------------------------------------------------------------------------
+    # -- what the pollers saw ------------------------------------------------------------
 
     def _headers(self, m: Member) -> dict[str, str]:
         return {"Authorization": f"Bearer {m.api_key}"} if m.api_key else {}
 
-    async def check_health(self) -> None:
-        assert self._session is not None
-        await asyncio.gather(*(self._check(m) for m in self.members))
+    async def observe(self, snapshots: dict[str, WorkerSnapshot]) -> None:
+        """Take the latest poll of each member (by name): health, slots, decode speed."""
+        for m in self.members:
+            snap = snapshots.get(m.name)
+            if snap is None:
+                continue
+            if snap.healthy and snap.slots:
+                m.slots = len(snap.slots)
+                m.pin_slots = all(s.id is not None for s in snap.slots)
+                if m.pin_slots:
+                    busy = {s.id for s in snap.slots if s.processing and s.id is not None}
+                    m.slots_foreign = busy - m.slots_taken
+                meter = self._meters.setdefault(m.name, SpeedMeter())
+                rate = meter.update(snap.time_s, snap.slots)
+                if rate is not None:
+                    m.tok_s_per_slot = rate
+                m.speeds = meter.by_slots()
+            if snap.healthy and not m.healthy and m.last_failure:
+                m.last_failure = 0.0
+            m.healthy = snap.healthy
         await self.balancer.notify()
-
-    async def _check(self, m: Member) -> None:
-        assert self._session is not None
-        t = aiohttp.ClientTimeout(total=2)
-        try:
-            async with self._session.get(f"{m.url}/health", timeout=t) as resp:
-                ok = resp.status == 200
-            if ok:
-                async with self._session.get(
-                    f"{m.url}/slots", timeout=t, headers=self._headers(m)
-                ) as resp:
-                    if resp.status == 200:
-                        slots = await resp.json()
-                        if isinstance(slots, list) and slots:
-                            m.slots = len(slots)
-                            m.pin_slots = all(
-                                isinstance(x, dict) and isinstance(x.get("id"), int) for x in slots
-                            )
-                            if m.pin_slots:
-                                busy = {x["id"] for x in slots if x.get("is_processing")}
-                                m.slots_foreign = busy - m.slots_taken
-                            self._speed(m, slots)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            ok = False
-        if ok and not m.healthy and m.last_failure:
-            m.last_failure = 0.0
-        m.healthy = ok
-
-    def _speed(self, m: Member, slots: list[Any]) -> None:
-        """Decode tokens/s per slot: the best recent reading of slots that kept decoding."""
-        meter = self._meters.setdefault(m.name, SpeedMeter())
-        rate = meter.update(time.monotonic(), [s for s in slots if isinstance(s, dict)])
-        if rate is not None:
-            m.tok_s_per_slot = rate
-        m.speeds = meter.by_slots()
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
-            await self.check_health()
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -417,30 +388,10 @@ class Router:
                 return out, None
             if upstream.status >= 500:
                 m.errors += 1
-            m.tokens += _tokens_in(tail if streaming else b"".join(whole), streaming)
+            m.tokens += tokens_in(tail if streaming else b"".join(whole), streaming)
             return out, None
 
 
 def _number(value: float) -> str:
     """A sample value at full precision (Prometheus reads any float)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _tokens_in(tail: bytes, streaming: bool) -> int:
-    """Generated tokens as the worker reported them at the end of a response."""
-    text = tail.decode(errors="replace")
-    candidates = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
-    if not streaming:
-        candidates = [text]
-    for payload in reversed(candidates):
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            continue
-        if isinstance(data, dict):
-            usage = data.get("usage")
-            if isinstance(usage, dict) and "completion_tokens" in usage:
-                return int(usage["completion_tokens"])
-            if "tokens_predicted" in data:
-                return int(data["tokens_predicted"])
-    return 0

@@ -1,16 +1,28 @@
-"""Fleets in the background: start a supervisor detached, and stop one from any terminal."""
+"""Fleets in the background: start a supervisor detached, stop one or restart one of its
+workers from any terminal.
+
+A detached fleet is planned once in the foreground; its spec is written to
+``<state>/specs/NAME.json`` and the daemon (``python -m launcher.run.daemon SPEC``) runs
+exactly that spec.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from launcher import paths
 from launcher.errors import LauncherError
 from launcher.run import fleet_state
+from launcher.run.supervisor import Supervisor, run_supervisor
+from launcher.spec.fleet import FleetSpec
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 900.0
@@ -33,12 +45,18 @@ def _tail(path: os.PathLike[str] | str, n: int = 12) -> str:
     return "\n".join(f"    {line}" for line in lines[-n:])
 
 
-def start_detached(fleet: str, argv: list[str], say: Say) -> int:
-    """Run ``llama-launcher ARGV`` as a daemon supervising ``fleet``; wait until it is up.
+def spec_path(fleet: str) -> Path:
+    """Where a detached fleet's spec is handed to its daemon."""
+    return paths.state_dir() / "specs" / f"{fleet}.json"
+
+
+def start_detached(spec: FleetSpec, say: Say) -> int:
+    """Run ``spec`` in a background supervisor; wait until every worker is healthy.
 
     Returns 0 when every worker is healthy, 1 when the fleet failed to start (with the end of
     the supervisor's log).
     """
+    fleet = spec.name
     existing = _running(fleet)
     if existing:
         raise LauncherError(
@@ -50,9 +68,12 @@ def start_detached(fleet: str, argv: list[str], say: Say) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "supervisor.log"
     fleet_state.remove_state(fleet)
+    handed = spec_path(fleet)
+    handed.parent.mkdir(parents=True, exist_ok=True)
+    handed.write_text(json.dumps(spec.to_json(), indent=1))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", *argv],
+            [sys.executable, "-m", "launcher.run.daemon", str(handed)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -126,3 +147,36 @@ def stop_fleet(name: str | None, say: Say) -> str:
         time.sleep(0.5)
         fleet_state.remove_state(name)
     return name
+
+
+def restart_worker(worker_id: str) -> None:
+    """Stop worker ``FLEET/wN``; its supervisor starts it again (it counts as a restart)."""
+    fleet, _, _ = worker_id.partition("/")
+    state = fleet_state.read_state(fleet_state.state_path(fleet))
+    worker = next((w for w in state.workers if w.id == worker_id), None) if state else None
+    if worker is None or not worker.pid:
+        raise LauncherError(f"No running worker {worker_id}; 'llama-launcher status' lists them.")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(worker.pid, signal.SIGTERM)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The detached supervisor: run the fleet spec in the file named by the first argument."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        spec = FleetSpec.from_json(json.loads(Path(args[0]).read_text()))
+        return run_supervisor(Supervisor(spec))
+    except LauncherError as err:
+        print(f"llama-launcher: {err}", flush=True)
+        return err.exit_code
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        print(
+            f"llama-launcher: the fleet spec could not be read ({err}); start the fleet "
+            "again with 'llama-launcher up'.",
+            flush=True,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,6 +37,8 @@ class WorkerState:
     nvml_cards: list[int] = field(default_factory=list)  # cards NVML sees the pid on
     log: str = ""
     message: str = ""  # why it failed or is restarting
+    group: str = ""  # the fleet spec's group this worker serves
+    argv: list[str] = field(default_factory=list)  # the command line it was started with
 
 
 @dataclass

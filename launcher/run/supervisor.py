@@ -1,6 +1,7 @@
-"""Start, watch and stop the llama-server workers of one fleet.
+"""Start, watch and stop the llama-server workers of one fleet, as its spec says.
 
-A ``Supervisor`` owns one fleet. It starts every worker at once (each with
+A ``Supervisor`` owns one fleet and runs its ``FleetSpec`` as given: the workers of every
+group, exactly as planned (no planning here). It starts every worker at once (each with
 ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and its cards in ``CUDA_VISIBLE_DEVICES``), moves a worker
 whose port is taken to a free one, waits for ``/health`` with a timeout while showing
 progress, and reports a worker that dies while loading with the last lines of its log. Once
@@ -9,8 +10,12 @@ up, a worker that crashes is restarted with back-off (1, 2, 4 ... 30 s) up to
 with the supervisor even if it is killed. Workers inherit the supervisor's environment less
 ``WORKER_ENV_DROPPED``. SIGTERM or Ctrl-C stops the fleet: SIGTERM to
 each worker, SIGKILL after ``STOP_GRACE_S``. The fleet's state file (``fleet_state``) lets
-``status``, ``logs`` and ``down`` work from any terminal. The router (its own module) will
-run in this event loop: ``Supervisor.router`` is its place.
+``status``, ``logs`` and ``down`` work from any terminal.
+
+One ``WorkerPoller`` per worker (and per remote member) polls ``/health``, ``/slots`` and
+``/metrics`` every ``POLL_INTERVAL_S``; the router, the state file and the GPU readings all
+take their numbers from those snapshots and from the one GPU backend the supervisor opens
+(closed when it stops). The router runs in this event loop and does not poll on its own.
 """
 
 from __future__ import annotations
@@ -26,20 +31,20 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from launcher.errors import LauncherError
+from launcher.gpu.backend import GpuBackend, open_backend
 from launcher.gpu.sampler import GpuSampler
+from launcher.llamacpp.args import WORKER_ENV_DROPPED
+from launcher.llamacpp.poll import POLL_INTERVAL_S, WorkerPoller, WorkerSnapshot
 from launcher.router.balancer import Member
-from launcher.router.server import Router, RouterConfig
+from launcher.router.server import Router, RouterConfig, require_key_for
 from launcher.run import fleet_state
 from launcher.run.fleet_state import FleetState, WorkerState
-from launcher.run.metrics import WorkerSampler
-from launcher.run.server_binary import WORKER_ENV_DROPPED
+from launcher.spec.fleet import FleetSpec, RouterSpec, WorkerSpec
 
 HEALTH_TIMEOUT_S = 600.0
 STOP_GRACE_S = 10.0
@@ -57,16 +62,6 @@ def worker_environ(additions: dict[str, str]) -> dict[str, str]:
     order and ``additions`` (its ``CUDA_VISIBLE_DEVICES``)."""
     inherited = {k: v for k, v in os.environ.items() if k not in WORKER_ENV_DROPPED}
     return {**inherited, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **additions}
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """One process to run: its argv, environment additions, port and cards."""
-
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    port: int
-    cards: tuple[int, ...]
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -117,7 +112,7 @@ class RotatingLog:
 class Worker:
     """One llama-server of the fleet and its life: start, health, restarts, stop."""
 
-    def __init__(self, fleet: str, index: int, spec: WorkerSpec, echo: bool) -> None:
+    def __init__(self, fleet: str, index: int, group: str, spec: WorkerSpec, echo: bool) -> None:
         self.id = f"{fleet}/w{index}"
         self.spec = spec
         self.echo = echo
@@ -130,29 +125,29 @@ class Worker:
             f"http://127.0.0.1:{spec.port}",
             list(spec.cards),
             log=str(self.log.path),
+            group=group,
+            argv=list(spec.args.argv()),
         )
-        self.sampler = WorkerSampler(self.state.url)
+        self.poller = WorkerPoller(self.state.url)
         self.restart_times: list[float] = []
         self._pump: asyncio.Task[None] | None = None
 
     def set_port(self, port: int) -> None:
-        argv = list(self.spec.argv)
-        if "--port" in argv:
-            argv[argv.index("--port") + 1] = str(port)
-        self.spec = WorkerSpec(tuple(argv), self.spec.env, port, self.spec.cards)
+        self.spec = self.spec.with_port(port)
         self.state.port = port
         self.state.url = f"http://127.0.0.1:{port}"
-        self.sampler = WorkerSampler(self.state.url)
+        self.state.argv = list(self.spec.args.argv())
+        self.poller = WorkerPoller(self.state.url)
 
     async def start(self) -> None:
         env = worker_environ(self.spec.env)
+        argv = self.spec.args.argv()  # the one place settings become flags
         self.log.write(
-            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
-            f"{' '.join(self.spec.argv)}\n".encode()
+            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode()
         )
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.spec.argv,
+                *argv,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -161,8 +156,7 @@ class Worker:
             )
         except OSError as err:
             raise LauncherError(
-                f"{self.id} could not start {self.spec.argv[0]} ({err}); check "
-                "the llama-server path."
+                f"{self.id} could not start {argv[0]} ({err}); check the llama-server path."
             ) from err
         self.state.pid = self.proc.pid
         self._pump = asyncio.create_task(self._read_output(self.proc))
@@ -195,14 +189,8 @@ class Worker:
                     f"loading; the end of its log ({self.log.path}):\n"
                     f"{self.last_lines()}"
                 )
-            try:
-                async with session.get(
-                    f"{self.state.url}/health", timeout=aiohttp.ClientTimeout(total=2)
-                ) as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
+            if (await self.poller.poll(session)).healthy:
+                return
             now = time.monotonic()
             if now - started > timeout:
                 raise LauncherError(
@@ -236,47 +224,83 @@ class Worker:
         self.state.pid = None
 
 
+def env_key(var: str | None, what: str) -> str | None:
+    """The value of ``$var`` (None when no variable is named); raises when it is empty."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise LauncherError(f"${var} is empty; export the {what} in it, or drop {var}.")
+    return value
+
+
+def router_setup(router: RouterSpec) -> tuple[RouterConfig, list[Member]]:
+    """The router's settings and the remote members of a fleet's ``router`` spec, with their
+    API keys read from the environment; raises one sentence for a missing key."""
+    key = env_key(router.api_key_env, "router's API key")
+    require_key_for(router.host, key, router.api_key_env)
+    remote = [
+        Member(
+            f"remote{i}:{m.url}",
+            m.url.rstrip("/"),
+            m.weight,
+            env_key(m.api_key_env, f"API key of {m.url}"),
+        )
+        for i, m in enumerate(router.members)
+    ]
+    return RouterConfig(router.host, router.port, key, affinity=router.affinity), remote
+
+
 class Supervisor:
-    """Runs one fleet until asked to stop; see the module docstring."""
+    """Runs one fleet spec until asked to stop; see the module docstring."""
 
     def __init__(
         self,
-        fleet: str,
-        specs: list[WorkerSpec],
+        spec: FleetSpec,
         *,
         echo: bool = False,
         say: Say | None = None,
-        model: str = "",
-        layout: str = "",
-        profile: str | None = None,
-        health_timeout: float = HEALTH_TIMEOUT_S,
-        router: RouterConfig | None = None,
-        remote_members: list[Member] | None = None,
         handle_signals: bool = True,
+        queue_timeout_s: float | None = None,
     ) -> None:
-        self.fleet = fleet
-        self.workers = [Worker(fleet, i, spec, echo) for i, spec in enumerate(specs)]
+        if not spec.planned:
+            raise LauncherError(
+                f"Fleet '{spec.name}' has groups without planned workers; plan it first."
+            )
+        self.spec = spec
+        self.fleet = spec.name
+        self.workers = [
+            Worker(spec.name, i, group.name, worker, echo)
+            for i, (group, worker) in enumerate((g, w) for g in spec.groups for w in g.workers)
+        ]
         self.say: Say = say or (lambda line: print(line, flush=True))
-        self.health_timeout = health_timeout
-        self.router_config = router
+        self.health_timeout = max(g.server.health_timeout_s for g in spec.groups)
         self.handle_signals = handle_signals
-        self.remote_members = remote_members or []
+        self.router_config: RouterConfig | None = None
+        self.remote_members: list[Member] = []
+        if spec.router.enabled:
+            self.router_config, self.remote_members = router_setup(spec.router)
+            if queue_timeout_s is not None:
+                self.router_config.queue_timeout_s = queue_timeout_s
+        self._remote_pollers = {m.name: WorkerPoller(m.url, m.api_key) for m in self.remote_members}
         self.router: Router | None = None
         self._members: dict[str, Member] = {}
+        self.snapshots: dict[str, WorkerSnapshot] = {}  # latest poll, by worker id / member
         self._gpu_sampler: GpuSampler | None = None
+        first = spec.groups[0]
         self.state = FleetState(
-            fleet,
+            spec.name,
             os.getpid(),
             None,
             [w.state for w in self.workers],
-            profile,
-            model,
-            layout,
+            spec.source,
+            first.model,
+            ",".join(g.layout for g in spec.groups),
             time.time(),
         )
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the fleet is serving, or has failed to start
-        self._gpu: Any = None  # a GpuBackend, opened when a worker has cards
+        self._gpu: GpuBackend | None = None  # opened when a worker has cards; closed at the end
 
     @property
     def stopping(self) -> bool:
@@ -319,6 +343,11 @@ class Supervisor:
                 w.set_port(new)
             used.add(w.spec.port)
 
+    def _backend(self) -> GpuBackend:
+        if self._gpu is None:
+            self._gpu = open_backend()
+        return self._gpu
+
     async def run(self) -> int:
         """Start the fleet, supervise it until stopped; 0 on a clean stop, 1 if it failed."""
         if self.handle_signals:
@@ -331,6 +360,7 @@ class Supervisor:
             async with aiohttp.ClientSession() as session:
                 if not await self._start_all(session):
                     return 1
+                await self._poll(session)
                 if self.router_config is not None:
                     await self._start_router()
                 self.ready.set()
@@ -379,25 +409,18 @@ class Supervisor:
         """Serve the fleet's endpoint: every worker, plus the profile's remote members."""
         assert self.router_config is not None
         for w in self.workers:
-            self._members[w.id] = Member(
-                w.id,
-                w.state.url,
-                slots=max(w.state.slots_total, 1),
-                healthy=True,
-                cards=w.spec.cards,
-            )
+            self._members[w.id] = Member(w.id, w.state.url, cards=w.spec.cards)
         cards = sorted({c for w in self.workers for c in w.spec.cards})
         gauges = None
         if cards:
-            from launcher.gpu.backend import open_backend
-
-            self._gpu_sampler = GpuSampler(open_backend(), cards, lambda samples, tick: None)
+            self._gpu_sampler = GpuSampler(self._backend(), cards, lambda samples, tick: None)
             self._gpu_sampler.start()
             gauges = self._gpu_gauges
         self.router = Router(
             [*self._members.values(), *self.remote_members], self.router_config, gauges
         )
         await self.router.start()
+        await self.router.observe(self.snapshots)
         self.state.router = {
             "url": self.router.url,
             "host": self.router_config.host,
@@ -449,6 +472,27 @@ class Supervisor:
         self._save()
         return None
 
+    async def _poll(self, session: aiohttp.ClientSession) -> None:
+        """One poll of every worker and remote member: the snapshots the router, the state
+        file and the TUI read. A worker that is not serving (starting, restarting, failed)
+        counts as unhealthy without being asked."""
+        serving = [w for w in self.workers if w.state.state == "healthy"]
+        polled = await asyncio.gather(
+            *(w.poller.poll(session) for w in serving),
+            *(p.poll(session) for p in self._remote_pollers.values()),
+        )
+        now = time.monotonic()
+        for w in self.workers:
+            self.snapshots[w.id] = WorkerSnapshot(now, False)
+        for w, snap in zip(serving, polled, strict=False):
+            self.snapshots[w.id] = snap
+            if snap.healthy:
+                w.state.tok_s = round(snap.tok_s, 1)
+                w.state.slots_busy = snap.slots_busy
+                w.state.slots_total = snap.slots_total
+        for name, snap in zip(self._remote_pollers, polled[len(serving) :], strict=True):
+            self.snapshots[name] = snap
+
     async def _watch(self, session: aiohttp.ClientSession) -> None:
         restarting: set[asyncio.Task[None]] = set()
         tick = 0
@@ -459,30 +503,23 @@ class Supervisor:
                     task = asyncio.create_task(self._restart(w, session, proc.returncode))
                     restarting.add(task)
                     task.add_done_callback(restarting.discard)
-            healthy = [w for w in self.workers if w.state.state == "healthy"]
-            snaps = await asyncio.gather(*(w.sampler.poll(session) for w in healthy))
-            for w, snap in zip(healthy, snaps, strict=True):
-                if snap.ok and w.state.state == "healthy":
-                    w.state.tok_s = round(snap.tok_s, 1)
-                    w.state.slots_busy = snap.slots_busy
-                    w.state.slots_total = snap.slots_total
+            await self._poll(session)
+            if self.router is not None:
+                await self.router.observe(self.snapshots)
             tick += 1
-            if tick % 5 == 1 and any(w.spec.cards for w in self.workers):
+            if tick % 10 == 1 and any(w.spec.cards for w in self.workers):
                 await self._gpu_usage()
-            self._save()
+            if tick % 2 == 1:
+                self._save()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 1.0)
+                await asyncio.wait_for(self._stop.wait(), POLL_INTERVAL_S)
         for task in restarting:
             task.cancel()
 
     async def _gpu_usage(self) -> None:
         """Which cards NVML sees each worker on, and how much memory it holds there."""
-        from launcher.gpu.backend import open_backend
-
-        if self._gpu is None:
-            self._gpu = open_backend()
         try:
-            cards = await asyncio.to_thread(self._gpu.cards)
+            cards = await asyncio.to_thread(self._backend().cards)
         except Exception as err:  # NVML trouble must not stop the fleet
             self.say(f"GPU memory per worker unavailable: {err}")
             return

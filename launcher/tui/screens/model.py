@@ -13,9 +13,10 @@ from textual.widget import Widget
 from textual.widgets import Button, DirectoryTree, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from launcher.app import models
 from launcher.errors import LauncherError
 from launcher.model.scan import FoundModel, scan
-from launcher.model.spec import ModelSpec, read_model_spec
+from launcher.model.spec import ModelSpec
 
 
 class ModelChosen(Message):
@@ -122,7 +123,7 @@ class ModelPane(Widget):
     def open(self, path: Path) -> None:
         self.query_one("#model-path", Input).value = str(path)
         try:
-            spec = read_model_spec(path)
+            spec = models.read_model(path)
         except LauncherError as err:
             self.query_one("#model-facts", Static).update(str(err))
             return
@@ -135,20 +136,11 @@ class ModelPane(Widget):
 
     @work(thread=True, exclusive=True, group="make")
     def make_synthetic(self) -> None:
-        from launcher.model import synthetic
-        from launcher.run.server_binary import find_server, find_vocab
-
-        shape = synthetic.shape_for("llama", "tiny")
         target = self.models_dir / "synthetic-llama-tiny.gguf"
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                server = find_server()
-            except LauncherError:
-                server = None
-            vocab = find_vocab(synthetic.vocab_file_name(shape), server)
             if not target.exists():
-                synthetic.write_model(target, shape, vocab)
+                models.make_model(target, "llama", "tiny")
         except LauncherError as err:
             self.app.call_from_thread(self.query_one("#model-facts", Static).update, str(err))
             return

@@ -17,26 +17,29 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
+from launcher.app import fleet, hardware, server
 from launcher.bench import results
-from launcher.bench.load import LoadSpec, requests_sent, run_load
-from launcher.bench.results import BenchRun
+from launcher.bench.load import LoadResult, LoadSpec, requests_sent, run_load
+from launcher.bench.results import BenchRun, HoldoutCheck
 from launcher.errors import LauncherError
-from launcher.gpu.backend import GpuBackend
+from launcher.gpu.backend import GpuBackend, open_backend
 from launcher.gpu.card import GpuSample
 from launcher.gpu.inventory import Inventory
 from launcher.gpu.sampler import GpuSampler
-from launcher.model.spec import ModelSpec
+from launcher.llamacpp.args import inherited_settings
+from launcher.llamacpp.probe import ServerTarget
+from launcher.llamacpp.wire import parse_prometheus
+from launcher.model.spec import ModelSpec, read_model_spec
 from launcher.plan.advisor import plan
-from launcher.plan.layouts import Layout, ServerTarget, with_extra_args
+from launcher.plan.layouts import Layout
 from launcher.plan.perf import served_tok_s
 from launcher.plan.workload import Workload
-from launcher.router.server import RouterConfig
-from launcher.run.metrics import parse_prometheus
-from launcher.run.server_binary import inherited_settings
-from launcher.run.supervisor import Supervisor, WorkerSpec
+from launcher.run.supervisor import Supervisor, env_key
+from launcher.spec.fleet import FleetSpec, RouterSpec, ServerSettings
 
 Say = Callable[[str], None]
 
@@ -105,9 +108,14 @@ class Bench:
             max(1024, self.request.prompt_tokens + self.request.tokens),
         )
 
-    def _plan(self, kind: str, users: int) -> Layout:
+    def _plan(self, kind: str, users: int, router_port: int = 8080) -> Layout:
         result = plan(
-            self.spec, self.inventory, Workload(users=users, ctx=self.ctx), self.server, kind
+            self.spec,
+            self.inventory,
+            Workload(users=users, ctx=self.ctx),
+            self.server,
+            kind,
+            router_port=router_port,
         )
         best = result.best
         if best is None:
@@ -127,10 +135,17 @@ class Bench:
 
     async def _layout(self, kind: str) -> None:
         top = max(self.request.users)
-        layout = self._plan(kind, top)
         port = _free_port()
-        specs = worker_specs(layout, port, self.request.extra_args)
-        flags = server_flags(self.request.extra_args, specs[0].argv, self.server.env_options)
+        layout = self._plan(kind, top, port)
+        settings = ServerSettings(extra_args=self.request.extra_args)
+        workload = Workload(users=top, ctx=self.ctx)
+        group = fleet.group_from_layout(
+            self.spec, layout, workload, self.inventory, settings=settings
+        )
+        spec = FleetSpec(f"bench-{kind.replace(':', '')}", (group,), RouterSpec(port=port))
+        flags = server_flags(
+            self.request.extra_args, group.workers[0].args.argv(), self.server.env_options
+        )
         if flags:
             self.say(
                 f"{kind}: llama-server settings beyond the plan: {' '.join(flags)} (kept apart "
@@ -138,15 +153,12 @@ class Bench:
             )
         log: list[str] = []
         sup = Supervisor(
-            f"bench-{kind.replace(':', '')}",
-            specs,
+            spec,
             say=log.append,
-            layout=kind,
-            model=str(self.spec.path),
-            router=RouterConfig(port=port, queue_timeout_s=600),
             handle_signals=False,  # Ctrl-C cancels the bench, which stops this fleet
+            queue_timeout_s=600,
         )
-        self.say(f"{kind}: starting {len(specs)} worker(s)")
+        self.say(f"{kind}: starting {len(group.workers)} worker(s)")
         task = asyncio.create_task(sup.run())
         cards = sorted({c for p in layout.processes for c in p.cards})
         try:
@@ -294,97 +306,111 @@ def server_flags(
     return [*extra_args, *inherited_settings(argv, env_options)]
 
 
-def worker_specs(layout: Layout, router_port: int, extra_args: tuple[str, ...]) -> list[WorkerSpec]:
-    """The layout's processes on the ports above ``router_port``, with a profile's extra
-    llama-server flags appended (as ``up`` starts them)."""
-    first = layout.processes[0].port
-    out = []
-    for p in layout.processes:
-        port = p.port - first + router_port + 1
-        out.append(
-            WorkerSpec(with_extra_args(_with_port(p.argv, port), extra_args), p.env, port, p.cards)
+def _numbers(values: tuple[int, ...], what: str) -> tuple[int, ...]:
+    if not values or min(values) < 1:
+        raise LauncherError(f"{what} must be numbers of 1 or more, e.g. 1,8,32.")
+    return values
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """``bench TARGET`` and its options."""
+
+    target: str  # a .gguf model or a launch profile
+    layouts: tuple[str, ...] = ()  # default: per-card and pooled-layer, or the profile's
+    users: tuple[int, ...] = (1, 8, 32)
+    tokens: int = 128
+    prompt_tokens: int = 512
+    ctx: int | None = None
+    requests_per_user: int = 4
+    staggered: bool = False
+    rounds: int = 1
+    llama_server: str | None = None
+
+
+def prepare(options: BenchOptions, say: Say) -> tuple[Bench, GpuBackend | None]:
+    """The bench to run on this box (and the GPU backend it reads power from, to close)."""
+    if fleet.is_model_path(options.target):
+        model = Path(options.target).expanduser()
+        default_layout = None
+        extra_args: tuple[str, ...] = ()
+    else:
+        profile = fleet.load_profile(options.target)
+        group = profile.groups[0]
+        model = Path(group.model).expanduser()
+        default_layout = group.layout
+        extra_args = group.server.extra_args
+    spec = read_model_spec(model)
+    inventory = hardware.inventory()
+    target = server.required_target(options.llama_server)
+    usable = [c for c in inventory.local.cards if c.usable]
+    if options.layouts:
+        layouts = options.layouts
+    elif default_layout and default_layout != "auto":
+        layouts = (default_layout,)
+    else:
+        layouts = (
+            ("per-card", "pooled-layer")
+            if len(usable) > 1
+            else (("per-card",) if usable else ("cpu:1",))
         )
-    return out
-
-
-def _with_port(argv: tuple[str, ...], port: int) -> tuple[str, ...]:
-    out = list(argv)
-    out[out.index("--port") + 1] = str(port)
-    return tuple(out)
-
-
-def table(runs: list[BenchRun]) -> str:
-    """The comparison table: measured beside predicted, per layout and concurrency."""
-    head = (
-        f"{'layout':<16}{'users':>6}{'reqs':>6}{'tokens':>8}{'tok/s':>9}{'predicted':>10}"
-        f"{'ratio':>7}{'user p50':>9}{'ttft p50':>9}{'lat p50':>9}{'p95':>8}{'p99':>8}"
-        f"{'err':>5}{'tok/s/W':>9}{'$/tok/s':>9}"
+    if options.requests_per_user < 1:
+        raise LauncherError("--requests-per-user must be 1 or more.")
+    if options.rounds < 1:
+        raise LauncherError("--rounds must be 1 or more.")
+    request = BenchRequest(
+        layouts,
+        _numbers(options.users, "--users"),
+        options.tokens,
+        options.prompt_tokens,
+        options.ctx,
+        options.requests_per_user,
+        extra_args,
+        options.staggered,
+        options.rounds,
     )
-    lines = [head]
-    for r in runs:
-        ratio = (
-            r.aggregate_tok_s / r.predicted_aggregate_tok_s if r.predicted_aggregate_tok_s else 0
-        )
-        ttft = f"{r.ttft_ms_p50:.0f}" if r.ttft_ms_p50 is not None else "-"
-        per_w = f"{r.tok_s_per_w:.2f}" if r.tok_s_per_w is not None else "-"
-        usd = f"{r.usd_per_tok_s:.2f}" if r.usd_per_tok_s is not None else "-"
-        lines.append(
-            f"{r.layout:<16}{r.users:>6}{r.requests:>6}{r.tokens:>8}"
-            f"{r.aggregate_tok_s:>9.1f}{r.predicted_aggregate_tok_s:>10.1f}{ratio:>7.2f}"
-            f"{r.per_user_tok_s_p50:>9.1f}{ttft:>9}{r.latency_ms_p50:>9.0f}"
-            f"{r.latency_ms_p95:>8.0f}{r.latency_ms_p99:>8.0f}{r.errors:>5}{per_w:>9}"
-            f"{usd:>9}"
-        )
-    return "\n".join(lines)
+    backend = open_backend() if usable else None
+    return Bench(spec, inventory, target, request, backend, say), backend
 
 
-def spread(runs: list[BenchRun]) -> list[str]:
-    """For each layout and concurrency measured more than once (rounds), the aggregates and
-    how far apart they are: the noise any calibrated figure carries."""
-    lines = []
-    for (layout, users), rows in results.by_point(runs).items():
-        if len(rows) < 2:
-            continue
-        values = [r.aggregate_tok_s for r in rows]
-        mean = statistics.mean(values)
-        apart = (max(values) - min(values)) / mean * 100 if mean else 0.0
-        lines.append(
-            f"{layout} at {users} user(s): {' / '.join(f'{v:.1f}' for v in values)} tok/s, "
-            f"mean {mean:.1f}, {apart:.1f}% apart"
-        )
-    return lines
+@dataclass(frozen=True)
+class BenchOutcome:
+    runs: list[BenchRun]
+    interrupted: bool
+    checks: list[HoldoutCheck]
+
+    def to_json(self) -> dict[str, object]:
+        """DESIGN.md's ``bench --json``, with the calibration check."""
+        return {
+            "runs": [
+                {k: v for k, v in r.row().items() if k not in ("hardware_key", "model_key", "time")}
+                for r in self.runs
+            ],
+            "calibration_check": [c.row() for c in self.checks],
+        }
 
 
-def plot(runs: list[BenchRun], width: int = 60, height: int = 12) -> str:
-    """Aggregate tokens/s against users, one mark per layout, in plain text."""
-    if not runs:
-        return ""
-    layouts = sorted({r.layout for r in runs})
-    marks = "*o+x#@%&"
-    users = sorted({r.users for r in runs})
-    top = max(r.aggregate_tok_s for r in runs) or 1.0
-    grid = [[" "] * width for _ in range(height)]
-    span = max(len(users) - 1, 1)
-    for i, layout in enumerate(layouts):
-        for r in runs:
-            if r.layout != layout:
-                continue
-            x = round(users.index(r.users) / span * (width - 1))
-            y = height - 1 - round(r.aggregate_tok_s / top * (height - 1))
-            grid[y][x] = marks[i % len(marks)]
-    lines = [f"{top:>9.0f} |" + "".join(grid[0])]
-    lines += ["          |" + "".join(row) for row in grid[1:-1]]
-    lines.append(f"{0:>9} |" + "".join(grid[-1]))
-    axis = [" "] * width
-    for u in users:
-        label = str(u)
-        x = min(round(users.index(u) / span * (width - 1)), width - len(label))
-        axis[x : x + len(label)] = label
-    lines.append("          +" + "-" * width)
-    lines.append("    users  " + "".join(axis))
-    lines.append(
-        "  "
-        + "   ".join(f"{marks[i % len(marks)]} {name}" for i, name in enumerate(layouts))
-        + "   (aggregate tok/s)"
-    )
-    return "\n".join(lines)
+def run(bench: Bench, backend: GpuBackend | None) -> BenchOutcome:
+    """Run ``bench``; Ctrl-C stops the fleet running then and keeps the finished rows."""
+    try:
+        asyncio.run(bench.run())
+    except KeyboardInterrupt:
+        bench.interrupted = True
+    finally:
+        if backend is not None:
+            backend.close()
+    return BenchOutcome(bench.runs, bench.interrupted, results.holdout_check(bench.runs))
+
+
+def results_path() -> Path:
+    return results.results_path()
+
+
+def load(spec: LoadSpec) -> LoadResult:
+    """``load``: closed-loop requests against one or more servers (or the router)."""
+    return asyncio.run(run_load(spec))
+
+
+def api_key(var: str | None) -> str | None:
+    """The Bearer key in ``$var`` for ``load`` (None when no variable is named)."""
+    return env_key(var, "API key")

@@ -12,16 +12,17 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, DataTable, Label, Static
 
+from launcher.app import fleet, hardware
 from launcher.errors import LauncherError
-from launcher.profiles import hardware, launch
+from launcher.spec.fleet import FleetSpec
 
 
 class ProfileLoaded(Message):
-    """A launch profile was loaded: its model goes to the Model and Plan screens."""
+    """A launch profile was loaded: its model and workload go to the Model and Plan screens."""
 
-    def __init__(self, model: Path) -> None:
+    def __init__(self, spec: FleetSpec) -> None:
         super().__init__()
-        self.model = model
+        self.spec = spec
 
 
 class ConfirmDelete(ModalScreen[bool]):
@@ -67,8 +68,8 @@ class ProfilesPane(Widget):
         table.clear()
         self.rows: dict[str, tuple[str, str, Path]] = {}
         for kind, items in (
-            ("launch", launch.list_profiles()),
-            ("hardware", hardware.list_profiles()),
+            ("launch", fleet.profiles()),
+            ("hardware", hardware.profiles()),
         ):
             for name, path, origin in items:
                 # shipped examples live inside the package: show where, not the install path
@@ -92,12 +93,12 @@ class ProfilesPane(Widget):
             status.update("Pick a launch profile to load.")
             return
         try:
-            profile = launch.load_launch_profile(chosen[2])
+            profile = fleet.load_profile(str(chosen[2]))
         except LauncherError as err:
             status.update(str(err))
             return
-        status.update(f"Loaded {profile.name}: {profile.model}")
-        self.post_message(ProfileLoaded(Path(profile.model).expanduser()))
+        status.update(f"Loaded {profile.name}: {profile.groups[0].model}")
+        self.post_message(ProfileLoaded(profile))
 
     @on(Button.Pressed, "#profile-delete")
     def _delete(self) -> None:
@@ -110,7 +111,7 @@ class ProfilesPane(Widget):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                path.unlink(missing_ok=True)
+                fleet.delete_profile(path)
                 status.update(f"Deleted {path}")
                 self.refresh_list()
 

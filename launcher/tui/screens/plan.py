@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -10,12 +12,17 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from launcher.app import fleet, planning
+from launcher.bench import report
 from launcher.errors import LauncherError
 from launcher.gpu.inventory import Inventory
+from launcher.llamacpp.args import KV_TYPES
+from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec
-from launcher.plan.advisor import Plan, plan
-from launcher.plan.layouts import Layout, ServerTarget
-from launcher.plan.workload import DEFAULT_USERS_PER_WORKER, GOALS, KV_TYPES, Workload
+from launcher.plan.advisor import Plan
+from launcher.plan.layouts import Layout, with_tensor_split
+from launcher.plan.workload import GOALS, Workload
+from launcher.spec.fleet import FleetSpec, GroupSpec
 
 GIB = 1 << 30
 LAYOUT_CHOICES = ("auto", "per-card", "pooled-layer", "pooled-tensor", "cpu:1", "cpu:2")
@@ -39,42 +46,12 @@ def memory_bars(layout: Layout, width: int = 30) -> str:
     return "\n".join(lines)
 
 
-def with_split(spec: ModelSpec, layout: Layout, split: list[int], workload: Workload) -> Layout:
-    """``layout`` with a hand-made ``-ts``: memory per card recomputed, argv updated."""
-    import dataclasses
-
-    from launcher.plan import memory as mem
-    from launcher.plan.layouts import MIN_HEADROOM_BYTES
-
-    process = layout.processes[0]
-    cards, host = mem.layer_split_memory(
-        spec,
-        [(c.card, c.uuid, c.free_bytes) for c in layout.cards],
-        split,
-        workload.ctx,
-        process.slots,
-        workload.kv_type,
-    )
-    argv = list(process.argv)
-    argv[argv.index("-ts") + 1] = ",".join(map(str, split))
-    short = [c for c in cards if c.free_after_bytes < MIN_HEADROOM_BYTES]
-    problem = f"card {short[0].card} would not fit" if short else None
-    return dataclasses.replace(
-        layout,
-        cards=tuple(cards),
-        host_bytes=host,
-        tensor_split=tuple(split),
-        problem=problem,
-        processes=(dataclasses.replace(process, argv=tuple(argv)),),
-    )
-
-
 class LaunchRequested(Message):
-    def __init__(self, spec: ModelSpec, layout: Layout, workload: Workload) -> None:
+    """Launch pressed: the fleet spec of the layout on screen, exactly as shown."""
+
+    def __init__(self, spec: FleetSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.layout = layout
-        self.workload = workload
 
 
 class PlanPane(Widget):
@@ -82,21 +59,29 @@ class PlanPane(Widget):
 
     DEFAULT_CSS = "PlanPane { height: auto; } PlanPane OptionList { height: 8; }"
 
-    def __init__(self, inventory: Inventory, server: ServerTarget, id: str | None = None) -> None:
+    def __init__(
+        self,
+        inventory: Inventory,
+        server: ServerTarget,
+        router_port: Callable[[], int],
+        id: str | None = None,
+    ) -> None:
         super().__init__(id=id)
         self.inventory = inventory
         self.server = server
+        self.router_port = router_port  # the port a launch would use, asked at each plan
         self.spec: ModelSpec | None = None
         self.result: Plan | None = None
+        self.planned_workload: Workload | None = None
+        self.planned_port = 8080  # the router port the shown commands are planned for
         self.edited: dict[int, Layout] = {}  # layouts whose tensor split the user changed
 
     def compose(self) -> ComposeResult:
-        cards = max(1, len([c for c in self.inventory.local.cards if c.usable]))
         with VerticalScroll():
             yield Static("Pick a model on the Model screen first.", id="plan-model")
             with Horizontal(classes="row"):
                 yield Input(
-                    str(DEFAULT_USERS_PER_WORKER * cards),
+                    str(planning.default_users(self.inventory.local)),
                     id="plan-users",
                     type="integer",
                     tooltip="concurrent users (slots in total)",
@@ -136,6 +121,17 @@ class PlanPane(Widget):
         if self.spec is not None:
             self.run_plan()
 
+    def set_group(self, group: GroupSpec) -> None:
+        """Fill the form from a launch profile's group (its model is opened separately)."""
+        if group.users is not None:
+            self.query_one("#plan-users", Input).value = str(group.users)
+        if group.ctx is not None:
+            self.query_one("#plan-ctx", Input).value = str(group.ctx)
+        self.query_one("#plan-kv", Select).value = group.server.kv_type
+        self.query_one("#plan-goal", Select).value = group.goal
+        layout = group.layout if group.layout in LAYOUT_CHOICES else "auto"
+        self.query_one("#plan-layout", Select).value = layout
+
     def set_model(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.query_one("#plan-model", Static).update(f"Model: {spec.name} ({spec.path})")
@@ -143,11 +139,15 @@ class PlanPane(Widget):
         ctx.value = str(min(int(ctx.value or 4096), spec.training_context))
 
     def workload(self) -> Workload:
-        users = int(self.query_one("#plan-users", Input).value or 1)
-        ctx = int(self.query_one("#plan-ctx", Input).value or 4096)
-        return Workload(
-            users=users,
-            ctx=ctx,
+        """The form's workload; an empty field takes the default (``app.planning``)."""
+        assert self.spec is not None
+        users = self.query_one("#plan-users", Input).value
+        ctx = self.query_one("#plan-ctx", Input).value
+        return planning.default_workload(
+            self.spec,
+            self.inventory.local,
+            users=int(users) if users else None,
+            ctx=int(ctx) if ctx else None,
             kv_type=str(self.query_one("#plan-kv", Select).value),
             goal=str(self.query_one("#plan-goal", Select).value),
         )
@@ -160,11 +160,17 @@ class PlanPane(Widget):
         try:
             workload = self.workload()
             kind = str(self.query_one("#plan-layout", Select).value)
-            self.result = plan(self.spec, self.inventory, workload, self.server, kind)
-            self.edited = {}
+            port = self.router_port()
+            outcome = planning.plan_with(
+                self.spec, self.inventory, workload, self.server, kind, router_port=port
+            )
         except (LauncherError, ValueError) as err:
             self.query_one("#plan-status", Static).update(str(err))
             return
+        self.result = outcome.plan
+        self.planned_workload = workload
+        self.planned_port = port
+        self.edited = {}
         options = self.query_one("#plan-layouts", OptionList)
         options.clear_options()
         for r in self.result.layouts:
@@ -182,25 +188,17 @@ class PlanPane(Widget):
             self.show(0)
         advice = " ".join(self.result.advice)
         self.query_one("#plan-status", Static).update(advice)
-        self.query_one("#plan-bench", Static).update(self._bench_plot())
+        self.query_one("#plan-bench", Static).update(self._bench_plot(outcome))
 
-    def _bench_plot(self) -> str:
+    def _bench_plot(self, outcome: planning.PlanOutcome) -> str:
         """This box's bench results for the model: the plot of tok/s against users."""
-        from launcher.bench import results
-        from launcher.bench.compare import plot
-
-        if self.spec is None:
-            return ""
-        keys = results.keys_for(self.inventory, self.spec, self.server)
-        flags = results.inherited_flags(self.result, self.server) if self.result else []
-        runs = results.load(keys, flags)
-        head = results.inherited_note(flags) + "\n" if flags else ""
-        if not runs:
+        head = f"{outcome.flags_note}\n" if outcome.flags_note else ""
+        if not outcome.runs:
             return head + (
-                results.stale_note(keys, flags)
+                outcome.stale_note
                 or "No bench results for this model here yet ('llama-launcher bench')."
             )
-        return head + "Measured on this box:\n" + plot(results.averaged(runs))
+        return head + "Measured on this box:\n" + report.plot(outcome.averaged_runs)
 
     @on(OptionList.OptionHighlighted, "#plan-layouts")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -232,22 +230,19 @@ class PlanPane(Widget):
     @on(Input.Changed, "#plan-split")
     def _split_changed(self, event: Input.Changed) -> None:
         """Recompute the per-card memory for a hand-edited -ts, as the user types."""
-        if self.result is None or self.spec is None:
+        if self.result is None or self.spec is None or self.planned_workload is None:
             return
         index = self.query_one("#plan-layouts", OptionList).highlighted or 0
         base = self.result.layouts[index].layout
         try:
             split = [int(v) for v in event.value.split(",") if v.strip()]
+            layout = with_tensor_split(self.spec, base, split, self.planned_workload)
         except ValueError:
             return
-        if len(split) != len(base.cards) or sum(split) != self.spec.n_layer + 1 or min(split) < 0:
-            self.query_one("#plan-status", Static).update(
-                f"A split needs {len(base.cards)} numbers adding up to {self.spec.n_layer + 1} "
-                "layers."
-            )
+        except LauncherError as err:
+            self.query_one("#plan-status", Static).update(str(err))
             return
         self.query_one("#plan-status", Static).update("")
-        layout = with_split(self.spec, base, split, self.workload())
         self.edited[index] = layout
         self._show_layout(self.result.layouts[index].reason + " (split edited)", layout)
 
@@ -257,11 +252,24 @@ class PlanPane(Widget):
         index = self.query_one("#plan-layouts", OptionList).highlighted or 0
         return self.edited.get(index, self.result.layouts[index].layout)
 
+    def fleet_spec(self) -> FleetSpec:
+        """The fleet of the layout on screen, as shown (raises when it cannot run here)."""
+        layout = self.selected()
+        if layout is None or self.spec is None or self.planned_workload is None:
+            raise LauncherError("Plan a model first.")
+        return fleet.spec_for_layout(
+            self.spec, layout, self.planned_workload, self.inventory, router_port=self.planned_port
+        )
+
     @on(Button.Pressed, "#plan-launch")
     def _launch(self) -> None:
-        layout = self.selected()
-        if layout is not None and self.spec is not None:
-            self.post_message(LaunchRequested(self.spec, layout, self.workload()))
+        try:
+            spec = self.fleet_spec()
+        except LauncherError as err:
+            self.query_one("#plan-status", Static).update(str(err))
+            self.app.notify(str(err), severity="error")
+            return
+        self.post_message(LaunchRequested(spec))
 
     @on(Button.Pressed, "#plan-save")
     def _save(self) -> None:
@@ -269,31 +277,14 @@ class PlanPane(Widget):
 
     @work(thread=True, exclusive=True, group="save")
     def save_profile(self) -> None:
-        from launcher.profiles import launch
-
         layout = self.selected()
         name = self.query_one("#plan-profile-name", Input).value.strip()
         status = self.query_one("#plan-status", Static)
-        if layout is None or self.spec is None or not name:
+        if layout is None or self.spec is None or self.planned_workload is None or not name:
             self.app.call_from_thread(status.update, "Give the profile a name first.")
             return
-        w = self.workload()
-        by_index = {c.index: c for c in self.inventory.local.cards}
-        used = [by_index[i] for p in layout.processes for i in p.cards if i in by_index]
-        profile = launch.LaunchProfile(
-            name=name,
-            model=str(self.spec.path),
-            users=w.users,
-            ctx=w.ctx,
-            kv_type=w.kv_type,
-            goal=w.goal,
-            layout=layout.kind,
-            cards=[c.uuid or str(c.index) for c in used],
-            pci_bus_ids=[c.pci_bus_id or "" for c in used],
-            tensor_split=list(layout.tensor_split),
-        )
         try:
-            path = launch.save_launch_profile(profile)
+            path = fleet.save_layout(name, self.spec, layout, self.planned_workload, self.inventory)
         except LauncherError as err:
             self.app.call_from_thread(status.update, str(err))
             return

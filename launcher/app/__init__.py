@@ -1,0 +1,1 @@
+"""The use cases: the only thing the front ends (``cli/``, ``tui/``) call."""

@@ -1,0 +1,469 @@
+"""Fleet specs from every front end, and the fleets they start.
+
+``group_from_layout`` is the one conversion of a planned ``Layout`` into the workers a
+supervisor runs; the TUI's Launch, ``up MODEL``, ``up PROFILE``, ``profile save`` and
+``bench`` all go through it, so what starts is what the plan showed. A launch profile may leave
+cards, split, users and ctx out: ``prepare_up`` plans those once, says what it chose, and
+hands the supervisor the planned spec (a detached one gets it as a file). ``--replan`` plans a
+whole spec again and says what changed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from launcher import paths
+from launcher.app import hardware, planning, server
+from launcher.errors import LauncherError
+from launcher.gpu.inventory import Inventory
+from launcher.llamacpp.args import ServerArgs
+from launcher.llamacpp.probe import ServerTarget
+from launcher.model.spec import ModelSpec, read_model_spec
+from launcher.plan.layouts import Layout, with_tensor_split
+from launcher.plan.workload import Workload
+from launcher.profiles import launch
+from launcher.run import daemon, fleet_state
+
+# the state of a running fleet, as status and the Dashboard show it
+from launcher.run.fleet_state import FleetState as FleetState
+from launcher.run.fleet_state import WorkerState as WorkerState
+from launcher.run.supervisor import Supervisor, free_port, port_free, router_setup, run_supervisor
+from launcher.spec.fleet import (
+    DEFAULT_ROUTER_PORT,
+    DEFAULT_SETTINGS,
+    FleetSpec,
+    GroupSpec,
+    RouterSpec,
+    ServerSettings,
+    WorkerSpec,
+    check_name,
+    name_from_model,
+)
+
+Say = Callable[[str], None]
+
+
+# --- specs from plans -------------------------------------------------------------------------
+
+
+def _with_settings(args: ServerArgs, settings: ServerSettings) -> ServerArgs:
+    """A planned worker with the group's own llama-server settings."""
+    if not settings.flash_attn and args.kv_type != "f16":
+        raise LauncherError(
+            f"A {args.kv_type} KV cache needs flash attention; set "
+            'server.flash_attn = true or kv_type = "f16".'
+        )
+    return args.replace(flash_attn=settings.flash_attn, extra=settings.extra_args)
+
+
+def group_from_layout(
+    model: ModelSpec,
+    layout: Layout,
+    workload: Workload,
+    inventory: Inventory,
+    *,
+    name: str | None = None,
+    settings: ServerSettings = DEFAULT_SETTINGS,
+    base: GroupSpec | None = None,
+) -> GroupSpec:
+    """The planned group that runs ``layout`` exactly: its workers, and the cards (UUID and
+    PCI bus id), split, users and context a launch profile keeps. ``base`` carries a
+    profile's group fields the plan does not decide (aliases, kind)."""
+    if not layout.feasible:
+        raise LauncherError(f"Layout {layout.kind} does not fit: {layout.problem}.")
+    by_index = {c.index: c for c in inventory.local.cards}
+    used = [by_index[i] for p in layout.processes for i in p.cards if i in by_index]
+    settings = replace(settings, kv_type=workload.kv_type)
+    workers = tuple(
+        WorkerSpec(_with_settings(p.args, settings), dict(p.env), p.cards) for p in layout.processes
+    )
+    group = base or GroupSpec(name=name or name_from_model(model.path), model=str(model.path))
+    return replace(
+        group,
+        name=name or group.name,
+        model=str(model.path),
+        layout=layout.kind,
+        cards=tuple(c.uuid or str(c.index) for c in used),
+        pci_bus_ids=tuple(c.pci_bus_id or "" for c in used),
+        tensor_split=layout.tensor_split,
+        users=workload.users,
+        ctx=workload.ctx,
+        goal=workload.goal,
+        server=settings,
+        workers=workers,
+    )
+
+
+def spec_for_layout(
+    model: ModelSpec,
+    layout: Layout,
+    workload: Workload,
+    inventory: Inventory,
+    *,
+    name: str | None = None,
+    router_port: int = DEFAULT_ROUTER_PORT,
+    settings: ServerSettings = DEFAULT_SETTINGS,
+) -> FleetSpec:
+    """A fleet of one group that runs ``layout`` as planned (the Plan screen's Launch)."""
+    if inventory.source != "nvml":
+        raise LauncherError(
+            f"This plan is for {inventory.source.replace('profile:', 'hardware profile ')}, "
+            "whose cards are not in this box; pick 'This box' on the Hardware screen and plan "
+            "again to launch, or save it as a launch profile."
+        )
+    group = group_from_layout(model, layout, workload, inventory, settings=settings)
+    return FleetSpec(check_name(name or group.name), (group,), RouterSpec(port=router_port))
+
+
+def router_port(preferred: int = DEFAULT_ROUTER_PORT) -> int:
+    """``preferred`` when it is free, else a free port from 18080 on (what the TUI plans
+    and launches with, so that the command shown is the command run)."""
+    return preferred if port_free(preferred) else free_port(set(), 18080)
+
+
+# --- planning a spec ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    """``up TARGET`` and its options; None leaves the profile's value (or the default)."""
+
+    target: str  # a .gguf model or a launch profile (name or path)
+    layout: str | None = None
+    cards: tuple[str, ...] = ()
+    users: int | None = None
+    ctx: int | None = None
+    kv_type: str | None = None
+    goal: str | None = None
+    port: int | None = None
+    name: str | None = None
+    replan: bool = False
+    llama_server: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedFleet:
+    """A planned spec and the lines that say what was planned or changed."""
+
+    spec: FleetSpec
+    lines: tuple[str, ...]
+
+
+def is_model_path(target: str) -> bool:
+    return target.endswith(".gguf")
+
+
+def requested_spec(request: UpRequest) -> FleetSpec:
+    """The fleet spec ``request`` names, with its options applied, not yet planned."""
+    if is_model_path(request.target):
+        model = str(Path(request.target).expanduser().resolve())
+        group = GroupSpec(name=name_from_model(model), model=model)
+        spec = FleetSpec(group.name, (group,))
+    else:
+        spec = launch.load_launch_profile(launch.resolve(request.target))
+    group = spec.groups[0]
+    if request.layout:
+        group = replace(group, layout=request.layout, cards=(), pci_bus_ids=(), tensor_split=())
+    if request.cards:
+        group = replace(group, cards=request.cards, pci_bus_ids=(), tensor_split=())
+    group = replace(
+        group,
+        users=request.users or group.users,
+        ctx=request.ctx or group.ctx,
+        goal=request.goal or group.goal,
+        server=replace(group.server, kv_type=request.kv_type or group.server.kv_type),
+    )
+    router = replace(spec.router, port=request.port or spec.router.port)
+    return replace(
+        spec,
+        name=check_name(request.name or spec.name),
+        groups=(group, *spec.groups[1:]),
+        router=router,
+    )
+
+
+def prepare_up(request: UpRequest) -> PreparedFleet:
+    """The spec ``up`` runs: the profile or model with the options, planned once."""
+    spec = requested_spec(request)
+    return plan_spec(spec, llama_server=request.llama_server, replan=request.replan)
+
+
+def plan_spec(spec: FleetSpec, *, llama_server: str | None, replan: bool) -> PreparedFleet:
+    """Plan every group of ``spec`` on this box: what a group gives (layout, cards, split,
+    users, ctx) is used as given; what it leaves out is planned, and said. ``replan`` keeps
+    only each group's layout kind and settings and says what changed."""
+    if len(spec.groups) > 1:
+        raise LauncherError(
+            f"Fleet '{spec.name}' has {len(spec.groups)} model groups; this version runs one "
+            "group per fleet: give each group a profile of its own and start each on its port."
+        )
+    box = hardware.inventory()
+    option = llama_server or spec.groups[0].server.llama_server
+    target = server.required_target(option)
+    lines: list[str] = []
+    groups = []
+    for group in spec.groups:
+        planned, said = _plan_group(group, box, target, spec, replan)
+        groups.append(planned)
+        lines += said
+    return PreparedFleet(replace(spec, groups=tuple(groups)), tuple(lines))
+
+
+def _plan_group(
+    group: GroupSpec, box: Inventory, target: ServerTarget, spec: FleetSpec, replan: bool
+) -> tuple[GroupSpec, list[str]]:
+    model = read_model_spec(Path(group.model).expanduser())
+    cards = () if replan else _cards_here(group, box, spec.name)
+    port = spec.router.port
+    kind = group.layout
+    usable = [c for c in box.local.cards if c.usable]
+    if kind == "auto" and not usable:
+        kind = "cpu:1"
+    workload = planning.default_workload(
+        model,
+        box.local,
+        users=group.users,
+        ctx=group.ctx,
+        kv_type=group.server.kv_type,
+        goal=group.goal,
+        cards=cards,
+    )
+    mmproj = Path(group.server.mmproj).expanduser() if group.server.mmproj else None
+    outcome = planning.plan_with(
+        model, box, workload, target, kind, router_port=port, mmproj=mmproj
+    )
+    best = outcome.plan.best
+    if best is None:
+        raise LauncherError(
+            "Nothing fits on this box: "
+            + " ".join(outcome.plan.advice or (outcome.plan.layouts[0].reason,))
+        )
+    layout = best.layout
+    if group.tensor_split and cards and not replan and group.tensor_split != layout.tensor_split:
+        layout = with_tensor_split(model, layout, group.tensor_split, workload)
+    planned = group_from_layout(model, layout, workload, box, base=group, settings=group.server)
+    lines = [f"Group {group.name}: {layout.kind}, {len(planned.workers)} worker(s). {best.reason}"]
+    if replan:
+        lines += _changes(group, planned)
+    elif not (group.cards or kind.startswith("cpu:")) or group.users is None or group.ctx is None:
+        lines.append(
+            f"Planned for this box: cards {', '.join(planned.cards) or 'none (CPU)'}, "
+            f"{planned.users} user(s) of {planned.ctx} tokens"
+            + (
+                f", split {','.join(map(str, planned.tensor_split))}"
+                if planned.tensor_split
+                else ""
+            )
+            + "."
+        )
+    if group.server.extra_args:
+        lines.append(
+            f"Extra llama-server flags from the profile: {' '.join(group.server.extra_args)}"
+        )
+    return planned, lines
+
+
+def _changes(before: GroupSpec, after: GroupSpec) -> list[str]:
+    """What ``--replan`` changed in a group, one line each."""
+    out = []
+    for key in ("layout", "cards", "tensor_split", "users", "ctx"):
+        old, new = getattr(before, key), getattr(after, key)
+        if old not in ((), None) and old != new:
+            show = ",".join(map(str, x)) if isinstance(x := old, tuple) else str(x)
+            now = ",".join(map(str, new)) if isinstance(new, tuple) else str(new)
+            out.append(f"Replanned {before.name}: {key} {show} -> {now}.")
+    if not out and before.cards:
+        out.append(f"Replanned {before.name}: nothing changed.")
+    return out
+
+
+def _cards_here(group: GroupSpec, box: Inventory, fleet: str) -> tuple[str, ...]:
+    """The group's cards as they are in this box (UUID, else PCI bus id); raises when one
+    is gone, with the command that plans for the cards here."""
+    if not group.cards:
+        return ()
+    cards = box.local.cards
+    by_uuid = {c.uuid: c for c in cards if c.uuid}
+    by_bus = {c.pci_bus_id: c for c in cards if c.pci_bus_id}
+    out, missing = [], []
+    for i, wanted in enumerate(group.cards):
+        if wanted in by_uuid or wanted.isdigit():
+            out.append(wanted)
+            continue
+        bus = group.pci_bus_ids[i] if i < len(group.pci_bus_ids) else None
+        if bus and bus in by_bus:
+            out.append(by_bus[bus].uuid or str(by_bus[bus].index))
+        else:
+            missing.append(wanted)
+    if missing:
+        raise LauncherError(
+            f"Profile '{fleet}' uses card(s) {', '.join(missing)} that are not in this box "
+            "(replaced, moved or off the bus); run 'llama-launcher up "
+            f"{fleet} --replan' to plan for the cards here, or save the profile again."
+        )
+    return tuple(out)
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def start(spec: FleetSpec, *, detach: bool, say: Say) -> int:
+    """Run a planned ``spec``: in the foreground until Ctrl-C or SIGTERM (worker output on
+    stdout), or detached (returns once every worker is healthy). 0 on success."""
+    if spec.router.enabled:
+        router_setup(spec.router)  # a missing API key is said before anything starts
+    if detach:
+        return daemon.start_detached(spec, say)
+    return run_supervisor(Supervisor(spec, echo=True, say=say))
+
+
+def launch_detached(spec: FleetSpec, say: Say) -> int:
+    """The TUI's Launch: ``spec`` in the background, as planned."""
+    return start(spec, detach=True, say=say)
+
+
+def stop(name: str | None, say: Say) -> str:
+    """Stop a fleet (the only one running when ``name`` is None); returns its name."""
+    return daemon.stop_fleet(name, say)
+
+
+def restart_worker(worker_id: str) -> None:
+    """Stop worker ``FLEET/wN``; its supervisor starts it again."""
+    daemon.restart_worker(worker_id)
+
+
+def fleets() -> list[FleetState]:
+    """Every fleet with a state file; stale ones come back as stopped."""
+    return fleet_state.list_fleets()
+
+
+def log_path(worker_id: str) -> Path:
+    """The log of worker ``FLEET/wN``; raises with the workers that have logs."""
+    fleet, _, worker = worker_id.partition("/")
+    if not worker:
+        raise LauncherError("Name a worker as FLEET/wN, e.g. 'llama-launcher logs mymodel/w0'.")
+    folder = fleet_state.logs_dir(check_name(fleet))
+    path = folder / f"{worker}.log"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.log"))
+        raise LauncherError(
+            f"No log for {worker_id}; workers with logs: "
+            f"{', '.join(f'{fleet}/{k}' for k in known) or 'none'}."
+        )
+    return path
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """``profile save NAME --model M`` and its plan options."""
+
+    name: str
+    model: Path
+    hardware: str | None = None  # for another box: saved unplanned
+    users: int | None = None
+    ctx: int | None = None
+    kv_type: str = "f16"
+    goal: str = "throughput"
+    layout: str = "auto"
+    cards: tuple[str, ...] = ()
+    port: int | None = None
+    force: bool = False
+    llama_server: str | None = None
+
+
+def save_profile(request: ProfileRequest) -> tuple[Path, FleetSpec]:
+    """Plan on this box (unless for ``hardware``) and save a launch profile."""
+    model = str(request.model.expanduser().resolve())
+    group = GroupSpec(
+        name=name_from_model(model),
+        model=model,
+        layout=request.layout,
+        cards=request.cards,
+        users=request.users,
+        ctx=request.ctx,
+        goal=request.goal,
+        server=ServerSettings(kv_type=request.kv_type),
+    )
+    spec = FleetSpec(
+        check_name(request.name, "profile"),
+        (group,),
+        RouterSpec(port=request.port or DEFAULT_ROUTER_PORT),
+        hardware=request.hardware,
+    )
+    if not request.hardware:
+        spec = plan_spec(spec, llama_server=request.llama_server, replan=False).spec
+    return launch.save_launch_profile(spec, force=request.force), spec
+
+
+def save_layout(
+    name: str, model: ModelSpec, layout: Layout, workload: Workload, inventory: Inventory
+) -> Path:
+    """The Plan screen's "Save as profile": one planned layout as launch profile ``name``
+    (for a hardware profile's cards too: the profile then names that hardware)."""
+    group = group_from_layout(model, layout, workload, inventory)
+    hardware_name = None if inventory.source == "nvml" else inventory.source.split(":", 1)[-1]
+    port = layout.processes[0].port - 1 if layout.processes else DEFAULT_ROUTER_PORT
+    spec = FleetSpec(
+        check_name(name, "profile"), (group,), RouterSpec(port=port), hardware=hardware_name
+    )
+    return launch.save_launch_profile(spec)
+
+
+def load_profile(target: str) -> FleetSpec:
+    """A launch profile by name or path, validated."""
+    return launch.load_launch_profile(launch.resolve(target))
+
+
+def profile_text(target: str) -> tuple[Path, str]:
+    """A launch profile's path and text, after checking that it loads."""
+    path = launch.resolve(target)
+    launch.load_launch_profile(path)
+    return path, path.read_text()
+
+
+def profiles() -> list[tuple[str, Path, str]]:
+    return launch.list_profiles()
+
+
+def write_systemd_unit(profile: str, force: bool = False) -> Path:
+    """A systemd user unit that runs ``up PROFILE``; refuses to replace one without ``force``."""
+    path = launch.resolve(profile).resolve()
+    spec = launch.load_launch_profile(path)
+    home = os.environ.get(paths.HOME_ENV)
+    base = (
+        Path(home) / "config"
+        if home
+        else Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    )
+    unit = base / "systemd" / "user" / f"llama-launcher-{spec.name}.service"
+    if unit.exists() and not force:
+        raise LauncherError(f"{unit} already exists; pass --force to replace it.")
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "launcher", "up", str(path)))
+    env_line = f"Environment={paths.HOME_ENV}={home}\n" if home else ""
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(
+        "[Unit]\n"
+        f"Description=llama-launcher fleet {spec.name}\n"
+        "After=network-online.target\n\n"
+        "[Service]\n"
+        f"ExecStart={command}\n"
+        f"{env_line}"
+        "Restart=on-failure\nRestartSec=5\nKillSignal=SIGTERM\nTimeoutStopSec=30\n\n"
+        "[Install]\nWantedBy=default.target\n"
+    )
+    return unit
+
+
+def delete_profile(path: Path) -> None:
+    """Delete one of the user's launch or hardware profiles (never a shipped example)."""
+    if paths.config_dir() not in path.resolve().parents:
+        raise LauncherError(f"{path} is not one of your profiles; shipped examples stay.")
+    path.unlink(missing_ok=True)

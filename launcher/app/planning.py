@@ -1,0 +1,224 @@
+"""Plan a model on this box or a hardware profile: the default workload, the ranked layouts,
+this box's bench calibration beside them, and the notes ``plan`` prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.app import hardware, server
+from launcher.bench import results
+from launcher.errors import LauncherError
+from launcher.gpu.inventory import Host, Inventory
+from launcher.llamacpp.probe import ServerTarget
+from launcher.model.spec import ModelSpec, read_mmproj_bytes, read_model_spec
+from launcher.plan.advisor import Plan, plan
+from launcher.plan.layouts import DEFAULT_ROUTER_PORT, select_cards
+from launcher.plan.workload import DEFAULT_CTX, DEFAULT_USERS_PER_WORKER, Workload
+from launcher.run.verify import DeviceEstimate, run_fit_params
+
+
+def default_users(host: Host, cards: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> int:
+    """Users when none are given: 4 per card the plan may use (4 on a box without one)."""
+    chosen = select_cards(host, Workload(cards=cards, exclude_cards=exclude))
+    return DEFAULT_USERS_PER_WORKER * max(1, len(chosen))
+
+
+def default_workload(
+    model: ModelSpec,
+    host: Host,
+    *,
+    users: int | None = None,
+    ctx: int | None = None,
+    kv_type: str = "f16",
+    goal: str = "throughput",
+    cards: tuple[str, ...] = (),
+    exclude_cards: tuple[str, ...] = (),
+) -> Workload:
+    """The workload the user asked for, with the defaults filled in (DESIGN.md): 4 users per
+    card the plan may use (per CPU worker on a box without one), and a context of 4096 or the
+    model's training context if that is smaller. The one place this rule lives."""
+    return Workload(
+        users=users or default_users(host, cards, exclude_cards),
+        ctx=ctx or min(DEFAULT_CTX, model.training_context),
+        kv_type=kv_type,
+        goal=goal,
+        cards=cards,
+        exclude_cards=exclude_cards,
+    )
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What ``plan`` (and the Plan screen) asks for."""
+
+    model: Path
+    hardware: str | None = None  # a hardware profile; None: this box
+    users: int | None = None
+    ctx: int | None = None
+    kv_type: str = "f16"
+    goal: str = "throughput"
+    layout: str = "auto"
+    cards: tuple[str, ...] = ()
+    exclude_cards: tuple[str, ...] = ()
+    mmproj: Path | None = None
+    llama_server: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """A plan and what is known beside it: the hardware, the server it is for, this box's
+    bench results (measured or calibrated aggregate per layout kind) and notes to print."""
+
+    plan: Plan
+    inventory: Inventory
+    server: ServerTarget
+    server_note: str
+    measured: dict[str, tuple[float, str]] = field(default_factory=dict)
+    flags_note: str | None = None  # this shell gives workers settings beyond the plan
+    stale_note: str | None = None  # bench rows of this model were measured otherwise
+    runs: tuple[results.BenchRun, ...] = ()  # this box's bench rows for the model
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The sentences ``plan`` prints after the layouts."""
+        return tuple(
+            n for n in (self.flags_note, self.stale_note and f"Note: {self.stale_note}") if n
+        )
+
+    @property
+    def averaged_runs(self) -> list[results.BenchRun]:
+        """The bench rows, rounds of one point averaged (what the plot shows)."""
+        return results.averaged(list(self.runs))
+
+    def to_json(self) -> dict[str, object]:
+        """DESIGN.md's ``plan --json``, with ``measured`` on layouts that have bench results."""
+        data = self.plan.to_json()
+        data["hardware"] = self.inventory.source
+        layouts = data["layouts"]
+        assert isinstance(layouts, list)
+        for entry in layouts:
+            if entry["kind"] in self.measured:
+                value, source = self.measured[entry["kind"]]
+                entry["measured"] = {"aggregate_tok_s": round(value, 1), "source": source}
+        return data
+
+
+def plan_with(
+    model: ModelSpec,
+    inventory: Inventory,
+    workload: Workload,
+    target: ServerTarget,
+    layout: str = "auto",
+    *,
+    server_note: str = "",
+    router_port: int = DEFAULT_ROUTER_PORT,
+    mmproj: Path | None = None,
+) -> PlanOutcome:
+    """Plan ``model`` for ``workload`` and set this box's bench results beside it."""
+    mmproj_bytes = read_mmproj_bytes(mmproj) if mmproj else 0
+    result = plan(
+        model,
+        inventory,
+        workload,
+        target,
+        layout,
+        router_port=router_port,
+        mmproj_bytes=mmproj_bytes,
+        mmproj_path=str(mmproj) if mmproj else None,
+    )
+    keys = results.keys_for(inventory, model, target)
+    flags = results.inherited_flags(result, target)
+    runs = results.load(keys, flags)
+    return PlanOutcome(
+        result,
+        inventory,
+        target,
+        server_note,
+        _measured(result, runs),
+        results.inherited_note(flags) if flags else None,
+        None if runs else results.stale_note(keys, flags),
+        tuple(runs),
+    )
+
+
+def plan_model(request: PlanRequest) -> PlanOutcome:
+    """``plan``: read the model, take the hardware, fill in the workload, rank the layouts."""
+    model = read_model_spec(request.model)
+    box = hardware.inventory(request.hardware)
+    target, note = server.target(request.llama_server, box)
+    workload = default_workload(
+        model,
+        box.local,
+        users=request.users,
+        ctx=request.ctx,
+        kv_type=request.kv_type,
+        goal=request.goal,
+        cards=request.cards,
+        exclude_cards=request.exclude_cards,
+    )
+    return plan_with(
+        model, box, workload, target, request.layout, server_note=note, mmproj=request.mmproj
+    )
+
+
+def _measured(result: Plan, runs: list[results.BenchRun]) -> dict[str, tuple[float, str]]:
+    """This box's bench ``runs`` for the plan's layouts: measured or calibrated aggregates."""
+    out = {}
+    for r in result.layouts:
+        t = r.layout.throughput
+        fixed = results.calibrated(
+            runs,
+            r.layout.kind,
+            result.workload.users,
+            t.aggregate_tok_s,
+            t.prompt_tok_s,
+            len(r.layout.processes),
+        )
+        if fixed is not None:
+            out[r.layout.kind] = fixed
+    return out
+
+
+@dataclass(frozen=True)
+class CardCheck:
+    """The planner's and llama.cpp's estimate for one card (MiB)."""
+
+    card: int
+    device: str
+    ours: tuple[int, int, int]  # weights, KV, compute + CUDA
+    theirs: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Verification:
+    kind: str
+    cards: tuple[CardCheck, ...]
+    host: tuple[DeviceEstimate, ...]
+    host_planned_bytes: int
+
+
+def verify(outcome: PlanOutcome, llama_server: str | None) -> Verification:
+    """``plan --verify``: llama.cpp's own per-card estimate of the best layout on this box."""
+    best = outcome.plan.best
+    if best is None:
+        raise LauncherError("Nothing fits, so there is nothing to verify.")
+    if outcome.inventory.source != "nvml":
+        raise LauncherError("--verify checks this box; drop --hardware to use it.")
+    fit = server.fit_params_tool(llama_server)
+    checks: list[CardCheck] = []
+    hosts: list[DeviceEstimate] = []
+    for p in best.layout.processes:
+        estimates = run_fit_params(fit, p.argv, p.env)
+        cards = [c for c in best.layout.cards if c.card in p.cards]
+        for est, card in zip([e for e in estimates if e.device != "Host"], cards, strict=False):
+            checks.append(
+                CardCheck(
+                    card.card,
+                    est.device,
+                    (card.weights_bytes >> 20, card.kv_bytes >> 20, card.compute_bytes >> 20),
+                    (est.model_mib, est.context_mib, est.compute_mib),
+                )
+            )
+        hosts += [e for e in estimates if e.device == "Host"]
+    return Verification(best.layout.kind, tuple(checks), tuple(hosts), best.layout.host_bytes)

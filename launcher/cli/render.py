@@ -1,0 +1,215 @@
+"""What the commands print: tables and sentences made from the use cases' results."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from launcher.app.fleet import FleetState
+from launcher.app.planning import PlanOutcome, Verification
+from launcher.bench.load import LoadResult
+from launcher.gpu.findings import Finding
+from launcher.gpu.inventory import Inventory
+
+
+def say(line: str) -> None:
+    """A progress line on stderr (stdout stays for results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Progress on stderr: one rewritten line on a terminal, a line per 10% elsewhere."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.shown = -10
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = done * 100 // max(total, 1)
+        if self.tty:
+            print(
+                f"\r{self.label}: {pct:3d}%  {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif pct >= self.shown + 10:
+            self.shown = pct - pct % 10
+            print(f"{self.label}: {pct}%", file=sys.stderr, flush=True)
+
+    def finish(self) -> float:
+        if self.tty:
+            print(file=sys.stderr)
+        return time.monotonic() - self.started
+
+
+def _gib(n: int | float | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f}"
+
+
+def print_inventory(inventory: Inventory, findings: list[list[Finding]]) -> None:
+    if inventory.source == "nvml" and not inventory.driver.available:
+        print(
+            f"No NVIDIA GPU: {inventory.driver.reason}. Planning on a hardware profile "
+            "(--hardware) and cpu:N workers still work."
+        )
+    elif inventory.source == "nvml":
+        print(
+            f"NVIDIA driver {inventory.driver.driver_version}, CUDA {inventory.driver.cuda_version}"
+        )
+    else:
+        print(f"Hardware profile {inventory.source.removeprefix('profile:')}")
+    for host, host_findings in zip(inventory.hosts, findings, strict=True):
+        info = host.info
+        where = f" at {info.address}" if info.address else ""
+        print(
+            f"\nHost {host.name}{where}: {info.cpu_cores} CPU threads, "
+            f"{_gib(info.ram_total_bytes)} GiB RAM ({_gib(info.ram_available_bytes)} GiB "
+            "available)" + (f", {info.numa_nodes} NUMA nodes" if info.numa_nodes else "")
+        )
+        if not host.cards:
+            print("  no NVIDIA cards")
+            continue
+        print(
+            f"  {'GPU':<4}{'name':<30}{'VRAM used/total GiB':<21}{'PCIe now / max (card)':<26}"
+            f"{'mem bw':>10}  {'NVLink':<9}{'temp':>5}{'power W':>12}"
+        )
+        for c in host.cards:
+            link = c.pcie
+            pcie = (
+                f"{link.describe(link.gen_current, link.width_current)} / "
+                f"{link.describe(link.gen_max, link.width_max)}"
+                + (f" (gen{link.gen_card_max})" if link.gen_card_max else "")
+            )
+            bw = (
+                f"{c.memory_bandwidth_bytes_s / 1e9:.0f} GB/s"
+                if c.memory_bandwidth_bytes_s
+                else "?"
+            )
+            peers = sum(1 for p in host.links if p.nvlink_links and c.index in (p.a, p.b))
+            nv = f"{peers} peer{'s' if peers != 1 else ''}" if peers else "-"
+            temp = f"{c.temperature_c}C" if c.temperature_c is not None else "-"
+            power = (
+                f"{c.power_draw_w:.0f}/{c.power_limit_w:.0f}"
+                if c.power_draw_w is not None and c.power_limit_w is not None
+                else "-"
+            )
+            mark = " [reserved]" if c.reserved else " [lost]" if c.lost else ""
+            name = (c.name + mark)[:29]
+            vram = f"{_gib(c.memory_used_bytes)} / {_gib(c.memory_total_bytes)}"
+            print(
+                f"  {c.index:<4}{name:<30}{vram:<21}{pcie:<26}{bw:>10}  {nv:<9}{temp:>5}{power:>12}"
+            )
+        if host_findings:
+            print("  Findings:")
+            for f in host_findings:
+                print(f"  - {f.text}")
+
+
+def print_plan(outcome: PlanOutcome) -> None:
+    result = outcome.plan
+    inventory = outcome.inventory
+    measured = outcome.measured
+    spec = result.spec
+    w = result.workload
+    print(
+        f"Model: {spec.name} ({spec.arch}, {spec.quantization}, {spec.parameters / 1e9:.1f}B "
+        f"parameters, {spec.weights_bytes / 2**30:.2f} GiB, {spec.n_layer} layers"
+        f"{f', {len(spec.parts)} parts' if len(spec.parts) > 1 else ''})"
+    )
+    for note in spec.notes:
+        print(f"Note: {note}.")
+    print(f"Hardware: {inventory.source} ({result.host_name}); server: {outcome.server_note}")
+    print(f"Workload: {w.users} user(s) x {w.ctx} tokens, KV {w.kv_type}, goal {w.goal}\n")
+    for r in result.layouts:
+        lay = r.layout
+        t = lay.throughput
+        state = "" if lay.feasible else "  [does not fit]"
+        print(
+            f"{r.rank}. {lay.kind}{state}  single {t.single_user_tok_s:.1f} tok/s, "
+            f"aggregate {t.aggregate_tok_s:.0f} tok/s, prompt {t.prompt_tok_s:.0f} tok/s"
+        )
+        print(f"   {r.reason}")
+        if lay.kind in measured:
+            value, source = measured[lay.kind]
+            print(
+                f"   On this box: {value:.0f} tok/s for {w.users} user(s) ({source}, "
+                "from 'llama-launcher bench')."
+            )
+        if lay.cards:
+            print(
+                f"   {'card':>6} {'weights':>9} {'KV':>8} {'compute':>8} {'total':>8} "
+                f"{'free after':>11}  GiB"
+            )
+            for c in lay.cards:
+                print(
+                    f"   {c.card:>6} {c.weights_bytes / 2**30:>9.2f} {c.kv_bytes / 2**30:>8.2f} "
+                    f"{c.compute_bytes / 2**30:>8.2f} {c.total_bytes / 2**30:>8.2f} "
+                    f"{c.free_after_bytes / 2**30:>11.2f}"
+                )
+        print(f"   host RAM: {lay.host_bytes / 2**30:.2f} GiB")
+        for p in lay.processes:
+            print(f"   $ {command_line(p.env, p.argv)}")
+        print()
+    for line in result.advice:
+        print(line)
+    for line in outcome.notes:
+        print(line)
+
+
+def command_line(env: dict[str, str], argv: tuple[str, ...]) -> str:
+    """A worker as a shell line: its environment additions, then its argv."""
+    return f"{' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(argv)}"
+
+
+def print_verification(check: Verification) -> None:
+    print(f"\nllama-fit-params for {check.kind} (MiB, planner vs llama.cpp):")
+    for c in check.cards:
+        (w, kv, comp), (tw, tkv, tcomp) = c.ours, c.theirs
+        print(
+            f"  card {c.card} ({c.device}): weights {w} vs {tw} ({w - tw:+d}), KV {kv} vs "
+            f"{tkv} ({kv - tkv:+d}), compute+CUDA {comp} vs {tcomp} ({comp - tcomp:+d})"
+        )
+    for est in check.host:
+        print(
+            f"  host: weights {est.model_mib}, KV {est.context_mib}, compute "
+            f"{est.compute_mib} (llama.cpp); planner host RAM {check.host_planned_bytes >> 20}"
+        )
+
+
+def print_status(fleets: list[FleetState]) -> None:
+    if not fleets:
+        print("No fleet is running. Start one with 'llama-launcher up MODEL.gguf|PROFILE'.")
+        return
+    for f in fleets:
+        router = f.router["url"] if f.router else "no router"
+        print(f"Fleet {f.name} ({f.layout}, supervisor pid {f.supervisor_pid}, {router})")
+        print(
+            f"  {'worker':<22}{'state':<12}{'pid':>8}  {'url':<24}{'cards':<10}"
+            f"{'restarts':>9}{'tok/s':>9}{'slots':>8}"
+        )
+        for w in f.workers:
+            cards = ",".join(map(str, w.cards)) or "cpu"
+            print(
+                f"  {w.id:<22}{w.state:<12}{w.pid or '-':>8}  {w.url:<24}{cards:<10}"
+                f"{w.restarts:>9}{w.tok_s:>9.1f}{f'{w.slots_busy}/{w.slots_total}':>8}"
+            )
+            if w.message:
+                print(f"      {w.message}")
+
+
+def print_load(result: LoadResult) -> None:
+    print(
+        f"requests {result.requests} ({result.errors} errors), tokens {result.tokens} in "
+        f"{result.wall_s:.2f} s: {result.aggregate_tok_s:.1f} tok/s aggregate, "
+        f"{result.per_user_tok_s_p50:.1f} tok/s per user (p50)"
+    )
+    print(
+        f"time to first token p50 {result.ttft_ms_p50} ms; latency p50 "
+        f"{result.latency_ms_p50} ms, p95 {result.latency_ms_p95} ms, p99 "
+        f"{result.latency_ms_p99} ms"
+    )
+    for err in result.error_samples:
+        print(f"  error: {err}")

@@ -1,0 +1,214 @@
+"""A fleet of named model groups, each self-contained: model, layout, cards, slots, context,
+server settings and, once planned, the exact workers to run.
+
+A ``GroupSpec`` whose ``workers`` are empty is a request (a launch profile may leave cards,
+split, users and ctx out); ``app.fleet`` plans what is missing once, and the supervisor runs a
+spec whose every group has its workers, without planning again. ``to_json``/``from_json``
+carry a planned spec to a detached supervisor; launch profiles (TOML) are ``profiles.launch``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import LauncherError
+from launcher.llamacpp.args import ServerArgs
+
+GROUP_KINDS = ("generation", "embedding", "rerank")
+GOALS = ("throughput", "latency", "context")
+LAYOUT_PATTERN = re.compile(
+    r"^(auto|per-card|pooled-layer|pooled-tensor|partial-offload|groups:\d+|cpu:\d+)$"
+)
+LAYOUT_WORDS = "auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload or cpu:N"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+DEFAULT_ROUTER_PORT = 8080
+
+
+def check_name(name: str, what: str = "fleet") -> str:
+    """``name`` if it is a valid fleet or group name (DESIGN.md), else one sentence."""
+    if not NAME_PATTERN.match(name):
+        raise LauncherError(
+            f"'{name}' is not a usable {what} name; use up to 64 letters, digits, '-', '_' "
+            "and '.', not starting with '.'."
+        )
+    return name
+
+
+def name_from_model(path: Path | str) -> str:
+    """A group name from a model file: its stem without the split suffix, made valid."""
+    stem = Path(path).name.removesuffix(".gguf")
+    stem = re.sub(r"-\d{5}-of-\d{5}$", "", stem)
+    made = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem).lstrip(".")
+    return made[:64] or "fleet"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One llama-server of a group as it will run: its settings, environment additions
+    (``CUDA_VISIBLE_DEVICES``) and the card indices it uses."""
+
+    args: ServerArgs
+    env: dict[str, str]
+    cards: tuple[int, ...]
+
+    @property
+    def port(self) -> int:
+        return self.args.port
+
+    def with_port(self, port: int) -> WorkerSpec:
+        return replace(self, args=self.args.replace(port=port))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"args": self.args.to_json(), "env": dict(self.env), "cards": list(self.cards)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerSpec:
+        return cls(ServerArgs.from_json(data["args"]), dict(data["env"]), tuple(data["cards"]))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """A group's llama-server settings beyond what the plan decides."""
+
+    kv_type: str = "f16"
+    flash_attn: bool = True
+    extra_args: tuple[str, ...] = ()
+    health_timeout_s: float = 600.0
+    llama_server: str | None = None  # the binary; else $LLAMA_SERVER, PATH, the cache
+    mmproj: str | None = None  # a vision projector, on each worker's first card
+
+
+DEFAULT_SETTINGS = ServerSettings()
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One model of the fleet, served under ``name`` (and ``aliases``)."""
+
+    name: str
+    model: str
+    layout: str = "auto"
+    kind: str = "generation"
+    aliases: tuple[str, ...] = ()
+    cards: tuple[str, ...] = ()  # UUIDs (or indices), in the planned order
+    pci_bus_ids: tuple[str, ...] = ()  # fallback when a UUID is not found, same order
+    tensor_split: tuple[int, ...] = ()  # -ts as planned or edited: layers per card
+    users: int | None = None  # slots in total
+    ctx: int | None = None  # per user
+    goal: str = "throughput"
+    server: ServerSettings = field(default_factory=ServerSettings)
+    workers: tuple[WorkerSpec, ...] = ()  # empty until planned
+
+    @property
+    def planned(self) -> bool:
+        return bool(self.workers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "layout": self.layout,
+            "kind": self.kind,
+            "aliases": list(self.aliases),
+            "cards": list(self.cards),
+            "pci_bus_ids": list(self.pci_bus_ids),
+            "tensor_split": list(self.tensor_split),
+            "users": self.users,
+            "ctx": self.ctx,
+            "goal": self.goal,
+            "server": {
+                **vars(self.server),
+                "extra_args": list(self.server.extra_args),
+            },
+            "workers": [w.to_json() for w in self.workers],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GroupSpec:
+        server = dict(data["server"])
+        server["extra_args"] = tuple(server["extra_args"])
+        return cls(
+            name=data["name"],
+            model=data["model"],
+            layout=data["layout"],
+            kind=data["kind"],
+            aliases=tuple(data["aliases"]),
+            cards=tuple(data["cards"]),
+            pci_bus_ids=tuple(data["pci_bus_ids"]),
+            tensor_split=tuple(data["tensor_split"]),
+            users=data["users"],
+            ctx=data["ctx"],
+            goal=data["goal"],
+            server=ServerSettings(**server),
+            workers=tuple(WorkerSpec.from_json(w) for w in data["workers"]),
+        )
+
+
+@dataclass(frozen=True)
+class RemoteMember:
+    """A llama-server on another box behind the fleet's router."""
+
+    url: str
+    weight: float = 1.0
+    api_key_env: str | None = None
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """The fleet's one endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_ROUTER_PORT
+    api_key_env: str | None = None  # the variable holding the key clients must send
+    affinity: bool = False
+    default_model: str | None = None
+    members: tuple[RemoteMember, ...] = ()
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """A fleet: its name, its groups and its router. ``hardware`` names the hardware profile
+    it was planned for (None: this box); ``source`` is the launch profile it came from."""
+
+    name: str
+    groups: tuple[GroupSpec, ...]
+    router: RouterSpec = field(default_factory=RouterSpec)
+    hardware: str | None = None
+    source: str | None = None
+
+    @property
+    def planned(self) -> bool:
+        return all(g.planned for g in self.groups)
+
+    @property
+    def workers(self) -> tuple[WorkerSpec, ...]:
+        return tuple(w for g in self.groups for w in g.workers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": 2,
+            "name": self.name,
+            "hardware": self.hardware,
+            "source": self.source,
+            "router": {
+                **{k: v for k, v in vars(self.router).items() if k != "members"},
+                "members": [vars(m) for m in self.router.members],
+            },
+            "groups": [g.to_json() for g in self.groups],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FleetSpec:
+        router = dict(data["router"])
+        router["members"] = tuple(RemoteMember(**m) for m in router["members"])
+        return cls(
+            name=data["name"],
+            groups=tuple(GroupSpec.from_json(g) for g in data["groups"]),
+            router=RouterSpec(**router),
+            hardware=data["hardware"],
+            source=data["source"],
+        )

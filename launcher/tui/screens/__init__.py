@@ -1,0 +1,1 @@
+"""The TUI's panes, one module each, shown as tabs of the app's one TabbedContent."""

@@ -1,0 +1,159 @@
+"""The Dashboard screen: live cards (NVML samples) and the workers of every running fleet,
+with a worker's tokens/s history and log tail; restart a worker or stop its fleet."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Button, DataTable, RichLog, Sparkline, Static
+
+from launcher.app.fleet import FleetState, WorkerState
+from launcher.gpu.card import GpuSample
+from launcher.tui.screens.hardware import GIB, bar
+
+
+class RestartWorker(Message):
+    """The user asked to restart a worker (its supervisor starts it again)."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__()
+        self.worker_id = worker_id
+
+
+class StopFleet(Message):
+    """The user asked to stop a fleet."""
+
+    def __init__(self, fleet: str) -> None:
+        super().__init__()
+        self.fleet = fleet
+
+
+class DashboardPane(Widget):
+    """Tables drawn from the snapshots the app passes in; it holds no handles itself."""
+
+    DEFAULT_CSS = "DashboardPane { height: auto; }"
+
+    def __init__(self, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.fleets: list[FleetState] = []
+        self.history: dict[str, list[float]] = {}  # worker id -> recent tok/s
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static("Cards", classes="section-title")
+            yield DataTable(id="live-cards", cursor_type="row")
+            yield Static("Workers", classes="section-title")
+            yield DataTable(id="workers", cursor_type="row")
+            yield Sparkline([], id="worker-spark")
+            yield Static(id="endpoint")
+            with Horizontal(classes="row"):
+                yield Button("Restart worker", id="worker-restart")
+                yield Button("Stop fleet", id="fleet-stop", variant="error")
+            yield RichLog(id="log-tail", max_lines=200)
+
+    def on_mount(self) -> None:
+        live = self.query_one("#live-cards", DataTable)
+        live.add_columns("GPU", "VRAM", "bandwidth", "PCIe RX/TX MiB/s", "temp", "power")
+        workers = self.query_one("#workers", DataTable)
+        workers.add_columns("worker", "state", "cards", "restarts", "slots", "tok/s", "url")
+
+    def show_samples(self, samples: list[GpuSample], totals: dict[int, int]) -> None:
+        """One tick of GPU samples; ``totals`` is each card's memory in bytes."""
+        table = self.query_one("#live-cards", DataTable)
+        table.clear()
+        for s in samples:
+            used = s.memory_used_bytes or 0
+            bw = (
+                f"{bar(s.bandwidth_pct or 0, 100, 8)} {s.bandwidth_label}"
+                if s.bandwidth_pct is not None
+                else "-"
+            )
+            rx = f"{(s.pcie_rx_kib_s or 0) / 1024:.0f}"
+            tx = f"{(s.pcie_tx_kib_s or 0) / 1024:.0f}"
+            table.add_row(
+                str(s.index),
+                f"{bar(used, totals.get(s.index, 0))} {used / GIB:.1f} GiB",
+                bw,
+                f"{rx} / {tx}",
+                f"{s.temperature_c}°C" if s.temperature_c is not None else "-",
+                f"{s.power_draw_w:.0f} W" if s.power_draw_w is not None else "-",
+            )
+
+    def selected_worker(self) -> str | None:
+        table = self.query_one("#workers", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return str(key) if key is not None else None
+
+    def _worker(self, worker_id: str) -> WorkerState | None:
+        return next((w for f in self.fleets for w in f.workers if w.id == worker_id), None)
+
+    def _tail(self, worker_id: str) -> None:
+        worker = self._worker(worker_id)
+        if worker is None:
+            return
+        log = self.query_one("#log-tail", RichLog)
+        log.clear()
+        try:
+            with open(worker.log, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 4096))
+                lines = f.read().decode(errors="replace").splitlines()[-12:]
+        except OSError:
+            return
+        for line in lines:
+            log.write(line)
+
+    def show_fleets(self, fleets: list[FleetState]) -> None:
+        """The running fleets, as their state files say."""
+        table = self.query_one("#workers", DataTable)
+        selected = self.selected_worker()
+        table.clear()
+        self.fleets = fleets
+        endpoints = []
+        for f in fleets:
+            if f.router:
+                endpoints.append(f"{f.name}: {f.router['url']}")
+            for w in f.workers:
+                history = self.history.setdefault(w.id, [])
+                history.append(w.tok_s)
+                del history[:-60]
+                table.add_row(
+                    w.id,
+                    w.state,
+                    ",".join(map(str, w.cards)) or "cpu",
+                    str(w.restarts),
+                    f"{w.slots_busy}/{w.slots_total}",
+                    f"{w.tok_s:.1f}",
+                    w.url,
+                    key=w.id,
+                )
+        ids = {w.id for f in fleets for w in f.workers}
+        if selected is not None and selected in ids:
+            table.move_cursor(row=table.get_row_index(selected))
+        current = self.selected_worker()
+        spark = self.query_one("#worker-spark", Sparkline)
+        spark.data = self.history.get(current, []) if current else []
+        if current is not None:
+            self._tail(current)
+        total = sum(w.tok_s for f in fleets for w in f.workers)
+        self.query_one("#endpoint", Static).update(
+            ("Endpoints: " + ", ".join(endpoints) if endpoints else "No fleet is running.")
+            + (f"   Fleet total: {total:.1f} tok/s" if fleets else "")
+        )
+
+    @on(Button.Pressed, "#worker-restart")
+    def restart_selected(self) -> None:
+        worker_id = self.selected_worker()
+        if worker_id and (w := self._worker(worker_id)) is not None and w.pid:
+            self.post_message(RestartWorker(worker_id))
+
+    @on(Button.Pressed, "#fleet-stop")
+    def stop_selected(self) -> None:
+        worker_id = self.selected_worker()
+        if worker_id:
+            self.post_message(StopFleet(worker_id.split("/")[0]))
