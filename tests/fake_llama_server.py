@@ -4,12 +4,14 @@
 
 Tests that start fleets planned for GPU boxes (which a CPU build of llama-server cannot load)
 run it as their llama-server, so that the workers' real command lines can be read back from
-the running processes. Everything else uses the real llama-server.
+the running processes. Everything else uses the real llama-server. ``--version`` and ``--help``
+are answered by the real one named in ``$FAKE_LLAMA_SERVER_REAL`` (the launcher probes them).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +22,9 @@ def option(argv: list[str], flag: str, default: str) -> str:
 
 
 def main(argv: list[str]) -> None:
+    if {"--version", "--help"} & set(argv):
+        real = os.environ["FAKE_LLAMA_SERVER_REAL"]
+        os.execv(real, [real, *argv])
     host = option(argv, "--host", "127.0.0.1")
     port = int(option(argv, "--port", "8080"))
     slots = int(option(argv, "-np", "1"))

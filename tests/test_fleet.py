@@ -453,3 +453,53 @@ def test_lan_fleet_answers_with_the_key_its_workers_do_not_inherit(
     assert ask("s3cret") == 200  # and the worker behind it does not
     [worker] = workers(fleet_env)
     assert worker["slots_total"] == 2  # the router and status read the worker's /slots
+
+
+def test_up_detach_runs_what_plan_printed_and_replan_says_what_changed(
+    model_factory: Callable[..., Path], tmp_path: Path, fleet_env: dict[str, str]
+) -> None:
+    """On a fixed 4x H100 box with the fake llama-server (a CPU build cannot load a GPU plan):
+    the workers `up --detach` starts run exactly the commands `plan --json` printed for the
+    same options, and a profile whose card is gone, started with --replan, says what changed."""
+    from tests import gpu_boxes
+
+    fake = Path(__file__).with_name("fake_llama_server.py")
+    backend = gpu_boxes.save(gpu_boxes.four_h100_backend(), tmp_path / "box.json")
+    env = {
+        **fleet_env,
+        "LLAMA_LAUNCHER_GPU_BACKEND": backend,
+        "LLAMA_SERVER": str(fake),
+        "FAKE_LLAMA_SERVER_REAL": fleet_env["LLAMA_SERVER"],
+    }
+    model = model_factory("llama", "8b", sparse=True)
+    port = base_port()
+    options = ["--layout", "pooled-layer", "--users", "8", "--ctx", "1024", "--kv-type", "q8_0"]
+    options += ["--port", str(port)]
+    planned = run_cli("plan", str(model), *options, "--json", env=env)
+    assert planned.returncode == 0, planned.stderr
+    (process,) = json.loads(planned.stdout)["layouts"][0]["processes"]
+    assert "-ctk" in process["argv"] and "q8_0" in process["argv"]
+    up = run_cli("up", str(model), *options, "--detach", env=env, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    (worker,) = workers(env)
+    assert worker["argv"] == process["argv"]
+    assert worker["cards"] == process["cards"] == [0, 1, 2, 3]
+    run_cli("down", env=env, timeout=60)
+
+    profile = tmp_path / "moved.toml"
+    profile.write_text(
+        f'format = 2\nname = "moved"\n[router]\nport = {port}\n[[groups]]\nname = "m"\n'
+        f'model = "{model}"\nlayout = "pooled-layer"\ncards = ["GPU-h100-0", "GPU-gone"]\n'
+        "tensor_split = [16, 17]\nusers = 4\nctx = 1024\n"
+    )
+    gone = run_cli("up", str(profile), "--detach", env=env)
+    assert gone.returncode == 2 and "GPU-gone that are not in this box" in gone.stderr
+    replanned = run_cli("up", str(profile), "--replan", "--detach", env=env, timeout=120)
+    assert replanned.returncode == 0, replanned.stdout + replanned.stderr
+    assert (
+        "Replanned m: cards GPU-h100-0,GPU-gone -> GPU-h100-0,GPU-h100-1,GPU-h100-2,GPU-h100-3"
+        in replanned.stdout
+    )
+    assert "tensor_split 16,17 ->" in replanned.stdout
+    (worker,) = workers(env)
+    assert worker["cards"] == [0, 1, 2, 3]

@@ -63,6 +63,7 @@ class PlanRequest:
     exclude_cards: tuple[str, ...] = ()
     mmproj: Path | None = None
     llama_server: str | None = None
+    router_port: int = DEFAULT_ROUTER_PORT  # workers listen on the ports above it
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,14 @@ def plan_model(request: PlanRequest) -> PlanOutcome:
         exclude_cards=request.exclude_cards,
     )
     return plan_with(
-        model, box, workload, target, request.layout, server_note=note, mmproj=request.mmproj
+        model,
+        box,
+        workload,
+        target,
+        request.layout,
+        server_note=note,
+        router_port=request.router_port,
+        mmproj=request.mmproj,
     )
 
 

@@ -17,6 +17,7 @@ from launcher.cli import render
 from launcher.cli.render import Progress, say
 from launcher.errors import LauncherError
 from launcher.plan.workload import parse_card_list
+from launcher.spec.fleet import DEFAULT_ROUTER_PORT
 
 
 def cmd_install_server(args: argparse.Namespace) -> int:
@@ -101,6 +102,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             exclude_cards=parse_card_list(args.exclude_cards),
             mmproj=Path(args.mmproj) if args.mmproj else None,
             llama_server=args.llama_server,
+            router_port=args.port or DEFAULT_ROUTER_PORT,
         )
     )
     if args.json:

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mmproj", metavar="FILE", help="a vision projector, on each worker's first card"
     )
     p.add_argument(
+        "--port", type=int, help="router port the commands are for (8080); workers above it"
+    )
+    p.add_argument(
         "--verify", action="store_true", help="compare with llama-fit-params on this box"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
