@@ -16,6 +16,7 @@ import launcher
 PACKAGE = Path(launcher.__file__).parent
 
 RANK = {
+    "benchmarks": 6,
     "cli": 6,
     "tui": 6,
     "app": 5,
@@ -32,7 +33,8 @@ RANK = {
     "errors": 0,
 }
 ENTRY = {"__init__", "__main__"}  # launcher/__init__.py and __main__.py: above everything
-EXCEPTIONS = {("run", "router"), ("cli", "tui")}  # run starts the router; `tui` opens the TUI
+# run starts the router; `tui` opens the TUI; a benchmark drives the TUI
+EXCEPTIONS = {("run", "router"), ("cli", "tui"), ("benchmarks", "tui")}
 FRONT_ENDS = {"cli", "tui"}
 BEHIND_APP = {"run", "router", "profiles"}
 
