@@ -1,4 +1,4 @@
-"""Everything below tui/ and cli.py imports without Textual; only gpu/nvml.py imports pynvml."""
+"""Everything below tui/ and cli/ imports without Textual; only gpu/nvml.py imports pynvml."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from pathlib import Path
 import launcher
 
 PACKAGE = Path(launcher.__file__).parent
-UI_MODULES = ("launcher.cli", "launcher.__main__", "launcher.tui")
+# the front ends, and the benchmark that drives the TUI
+UI_MODULES = (
+    "launcher.cli",
+    "launcher.__main__",
+    "launcher.tui",
+    "launcher.benchmarks.tui_refresh",
+)
 
 
 def headless_modules() -> list[str]:

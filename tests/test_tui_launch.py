@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from textual.widgets import Button, DataTable, Input, Select
+from textual.widgets import Button, DataTable, Input, Select, TabbedContent
 
 from launcher.app.fleet import fleets, stop
 from launcher.llamacpp.probe import ServerTarget
@@ -142,7 +142,12 @@ async def test_launch_starts_the_commands_the_plan_screen_shows(
             if case == "goal-latency":
                 assert "-sm tensor" in shown[0]
             assert f"--port {port + 1} " in shown[0]
-            app.query_one(PlanPane).query_one("#plan-launch", Button).press()
+            launch = app.query_one(PlanPane).query_one("#plan-launch", Button)
+            launch.focus()
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            # the Dashboard shows the fleet coming up, and no input keeps the keys
+            assert app.query_one(TabbedContent).active == "dashboard" and app.focused is None
             for _ in range(200):
                 await pilot.pause(0.1)
                 running = [f for f in app.fleets if f.workers]

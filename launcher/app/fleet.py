@@ -244,7 +244,7 @@ def _plan_group(
             + " ".join(outcome.plan.advice or (outcome.plan.layouts[0].reason,))
         )
     layout = best.layout
-    if group.tensor_split and cards and not replan and group.tensor_split != layout.tensor_split:
+    if group.tensor_split and not replan and group.tensor_split != layout.tensor_split:
         layout = with_tensor_split(model, layout, group.tensor_split, workload)
     planned = group_from_layout(model, layout, workload, box, base=group, settings=group.server)
     lines = [f"Group {group.name}: {layout.kind}, {len(planned.workers)} worker(s). {best.reason}"]

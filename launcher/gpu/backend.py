@@ -158,6 +158,6 @@ def open_backend() -> GpuBackend:
         return FixedBackend.load(Path(spec.removeprefix("fixed:")))
     if spec and spec != "nvml":
         raise LauncherError(f"${BACKEND_ENV} must be 'nvml' or 'fixed:FILE', not '{spec}'.")
-    from launcher.gpu.nvml import NvmlBackend
+    from launcher.gpu.nvml import NvmlBackend  # deferred: fixed backends never load NVML
 
     return NvmlBackend()

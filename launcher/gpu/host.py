@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 
 @dataclass(frozen=True)
 class HostInfo:
@@ -22,8 +24,6 @@ class HostInfo:
 
 def this_host() -> HostInfo:
     """RAM, CPU count and NUMA nodes of the machine this runs on."""
-    import psutil
-
     mem = psutil.virtual_memory()
     return HostInfo(
         name=socket.gethostname(),

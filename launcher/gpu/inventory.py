@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from launcher.gpu.backend import GpuBackend
@@ -51,7 +51,6 @@ def from_backend(backend: GpuBackend, host: HostInfo | None = None) -> Inventory
 
 def to_json(inventory: Inventory, findings_by_host: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """The ``gpus --json`` shape (README): hosts with their cards and findings, and all cards."""
-    from dataclasses import asdict
 
     def card(c: GpuCard, host: Host) -> dict[str, Any]:
         data = asdict(c)

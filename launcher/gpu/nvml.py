@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import psutil
+
 from launcher.gpu.card import DriverState, GpuCard, GpuProcess, GpuSample, PairLink, PcieLink
 
 T = TypeVar("T")
@@ -116,7 +118,7 @@ class NvmlBackend:
 
     def _init(self) -> DriverState:
         try:
-            import pynvml
+            import pynvml  # deferred: a box without the library still plans and runs CPU fleets
         except ImportError:
             return DriverState(False, "nvidia-ml-py is not installed; reinstall llama-launcher")
         try:
@@ -413,8 +415,6 @@ class NvmlBackend:
 
 def _process_name(pid: int) -> str | None:
     try:
-        import psutil
-
         return str(psutil.Process(pid).name())
     except Exception:  # gone, or another user's process
         return None

@@ -322,7 +322,7 @@ def _split_tensors(tensors: list[TensorSpec], parts: int) -> list[list[TensorSpe
 
 def _block_template(type_id: int, nbytes: int, rng_seed: int) -> bytes:
     """Random blocks of ``type_id`` with small finite f16 scales, about ``nbytes`` long."""
-    import numpy as np
+    import numpy as np  # deferred: only writing weights needs it (sparse models do not)
 
     if type_id == F32:
         return np.full(max(nbytes // 4, 1), 1.0, dtype="<f4").tobytes()

@@ -22,9 +22,11 @@ Every error names the file, the key and what is allowed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from launcher.errors import LauncherError
 from launcher.gpu import catalog
@@ -172,8 +174,6 @@ def _host(ctx: _Ctx, raw: dict[str, Any], key: str) -> Host:
 
 
 def _with_links(card: GpuCard, links: int | None) -> GpuCard:
-    from dataclasses import replace
-
     return replace(card, nvlink_active_links=links) if links else card
 
 
@@ -360,8 +360,6 @@ def _nvlink_groups(links: tuple[PairLink, ...]) -> list[dict[str, Any]]:
 
 def save_profile(inventory: Inventory, name: str, *, force: bool = False) -> Path:
     """Write this box as the user's hardware profile NAME; refuses to overwrite unless ``force``."""
-    import tomli_w
-
     text = (
         f"# Hardware profile saved by llama-launcher from this box.\n"
         f"{tomli_w.dumps(profile_toml(inventory, name))}"

@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from launcher.errors import LauncherError
 from launcher.llamacpp.args import EXTRA_FLAGS, KV_TYPES
 from launcher.plan.workload import GOALS
@@ -404,6 +406,4 @@ def list_profiles() -> list[tuple[str, Path, str]]:
 
 
 def save_launch_profile(spec: FleetSpec, *, force: bool = False) -> Path:
-    import tomli_w  # deferred: only saving needs the TOML writer
-
     return store.write_new(KIND, spec.name, tomli_w.dumps(to_toml(spec)), force=force)

@@ -8,6 +8,7 @@ so a second run finds them and does nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -272,8 +273,6 @@ def llama_cpp_version(tree: Path) -> str:
         match = re.search(r"llama\.cpp@([0-9a-f]{7,40})", body)
         if match:
             return match.group(1)[:9]
-    import hashlib
-
     return "src-" + hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:8]
 
 

@@ -7,6 +7,7 @@ then ``Host ...``.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,6 @@ def run_fit_params(
     fit_params: Path, server_argv: tuple[str, ...], env: dict[str, str]
 ) -> list[DeviceEstimate]:
     """Run llama-fit-params for one planned process; raises with its last output on failure."""
-    import os
-
     argv = fit_params_argv(fit_params, server_argv)
     try:
         done = subprocess.run(

@@ -146,6 +146,8 @@ class LauncherApp(App[None]):
         )
 
     def action_show(self, tab: str) -> None:
+        # a focused widget left in the old pane would take its tab back (and get the keys)
+        self.screen.set_focus(None)
         self.query_one(TabbedContent).active = tab
 
     # -- hardware, model, plan, profiles ---------------------------------------------------
