@@ -503,3 +503,26 @@ def test_up_detach_runs_what_plan_printed_and_replan_says_what_changed(
     assert "tensor_split 16,17 ->" in replanned.stdout
     (worker,) = workers(env)
     assert worker["cards"] == [0, 1, 2, 3]
+
+
+def test_profile_save_keeps_the_plan_and_its_options(
+    model_factory: Callable[..., Path], tmp_path: Path, fleet_env: dict[str, str]
+) -> None:
+    # on a fixed 4x H100 box: the cards left by --exclude-cards, the KV type and the users
+    # are what the profile keeps, and `up` of that profile would run the same plan
+    from tests import gpu_boxes
+
+    backend = gpu_boxes.save(gpu_boxes.four_h100_backend(), tmp_path / "box.json")
+    env = {**fleet_env, "LLAMA_LAUNCHER_GPU_BACKEND": backend}
+    model = model_factory("llama", "8b", sparse=True)
+    options = ["--layout", "pooled-layer", "--exclude-cards", "3", "--kv-type", "q8_0"]
+    saved = run_cli("profile", "save", "three", "--model", str(model), *options, env=env)
+    assert saved.returncode == 0, saved.stderr
+    spec = launch.load_launch_profile(launch.resolve("three"))
+    (group,) = spec.groups
+    assert group.cards == ("GPU-h100-0", "GPU-h100-1", "GPU-h100-2")
+    assert group.layout == "pooled-layer" and group.server.kv_type == "q8_0"
+    assert group.users == 12 and len(group.tensor_split) == 3  # 4 users per card
+    planned = run_cli("plan", str(model), *options, "--json", env=env)
+    layout = json.loads(planned.stdout)["layouts"][0]
+    assert tuple(layout["tensor_split"]) == group.tensor_split

@@ -24,7 +24,7 @@ from launcher.gpu.inventory import Inventory
 from launcher.llamacpp.args import ServerArgs
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec, read_model_spec
-from launcher.plan.layouts import Layout, with_tensor_split
+from launcher.plan.layouts import Layout, select_cards, with_tensor_split
 from launcher.plan.workload import Workload
 from launcher.profiles import launch
 from launcher.run import daemon, fleet_state
@@ -361,46 +361,41 @@ def log_path(worker_id: str) -> Path:
 # --- profiles ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProfileRequest:
-    """``profile save NAME --model M`` and its plan options."""
-
-    name: str
-    model: Path
-    hardware: str | None = None  # for another box: saved unplanned
-    users: int | None = None
-    ctx: int | None = None
-    kv_type: str = "f16"
-    goal: str = "throughput"
-    layout: str = "auto"
-    cards: tuple[str, ...] = ()
-    port: int | None = None
-    force: bool = False
-    llama_server: str | None = None
-
-
-def save_profile(request: ProfileRequest) -> tuple[Path, FleetSpec]:
-    """Plan on this box (unless for ``hardware``) and save a launch profile."""
+def save_profile(
+    name: str, request: planning.PlanRequest, *, force: bool = False
+) -> tuple[Path, FleetSpec]:
+    """``profile save``: plan ``request`` on this box (not for a hardware profile, whose
+    cards are planned by ``up`` on the box that has them) and save it as launch profile
+    ``name``."""
     model = str(request.model.expanduser().resolve())
+    cards = request.cards
+    if request.exclude_cards and not request.hardware:
+        box = hardware.inventory()
+        excluded = Workload(exclude_cards=request.exclude_cards)
+        cards = tuple(c.uuid or str(c.index) for c in select_cards(box.local, excluded))
     group = GroupSpec(
         name=name_from_model(model),
         model=model,
         layout=request.layout,
-        cards=request.cards,
+        cards=cards,
         users=request.users,
         ctx=request.ctx,
         goal=request.goal,
-        server=ServerSettings(kv_type=request.kv_type),
+        server=ServerSettings(
+            kv_type=request.kv_type,
+            llama_server=request.llama_server,
+            mmproj=str(request.mmproj) if request.mmproj else None,
+        ),
     )
     spec = FleetSpec(
-        check_name(request.name, "profile"),
+        check_name(name, "profile"),
         (group,),
-        RouterSpec(port=request.port or DEFAULT_ROUTER_PORT),
+        RouterSpec(port=request.router_port),
         hardware=request.hardware,
     )
     if not request.hardware:
         spec = plan_spec(spec, llama_server=request.llama_server, replan=False).spec
-    return launch.save_launch_profile(spec, force=request.force), spec
+    return launch.save_launch_profile(spec, force=force), spec
 
 
 def save_layout(

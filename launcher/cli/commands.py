@@ -88,23 +88,26 @@ def cmd_hardware_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    outcome = planning.plan_model(
-        planning.PlanRequest(
-            model=Path(args.model),
-            hardware=args.hardware,
-            users=args.users,
-            ctx=args.ctx,
-            kv_type=args.kv_type,
-            goal=args.goal,
-            layout=args.layout,
-            cards=parse_card_list(args.cards),
-            exclude_cards=parse_card_list(args.exclude_cards),
-            mmproj=Path(args.mmproj) if args.mmproj else None,
-            llama_server=args.llama_server,
-            router_port=args.port or DEFAULT_ROUTER_PORT,
-        )
+def _plan_request(args: argparse.Namespace, model: str) -> planning.PlanRequest:
+    """The plan options (``parser._plan_options``) as a request."""
+    return planning.PlanRequest(
+        model=Path(model),
+        hardware=args.hardware,
+        users=args.users,
+        ctx=args.ctx,
+        kv_type=args.kv_type,
+        goal=args.goal,
+        layout=args.layout,
+        cards=parse_card_list(args.cards),
+        exclude_cards=parse_card_list(args.exclude_cards),
+        mmproj=Path(args.mmproj) if args.mmproj else None,
+        llama_server=args.llama_server,
+        router_port=args.port or DEFAULT_ROUTER_PORT,
     )
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    outcome = planning.plan_model(_plan_request(args, args.model))
     if args.json:
         print(json.dumps(outcome.to_json(), indent=2))
     else:
@@ -185,22 +188,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_save(args: argparse.Namespace) -> int:
-    path, spec = fleet.save_profile(
-        fleet.ProfileRequest(
-            name=args.name,
-            model=Path(args.model),
-            hardware=args.hardware,
-            users=args.users,
-            ctx=args.ctx,
-            kv_type=args.kv_type,
-            goal=args.goal,
-            layout=args.layout,
-            cards=parse_card_list(args.cards),
-            port=args.port,
-            force=args.force,
-            llama_server=args.llama_server,
-        )
-    )
+    path, spec = fleet.save_profile(args.name, _plan_request(args, args.model), force=args.force)
     print(f"Saved launch profile '{args.name}' ({spec.groups[0].layout}): {path}")
     return 0
 

@@ -10,6 +10,29 @@ from launcher.llamacpp.args import KV_TYPES
 from launcher.plan.workload import GOALS
 
 
+def _plan_options(p: argparse.ArgumentParser, hardware_help: str) -> None:
+    """The options of a plan (``plan`` and ``profile save``): ``PlanRequest``'s fields."""
+    p.add_argument("--hardware", metavar="NAME|PATH", help=hardware_help)
+    p.add_argument(
+        "--users", type=int, help="concurrent users = slots in total (default: 4 per card)"
+    )
+    p.add_argument("--ctx", type=int, help="context per user (default 4096 or the model's)")
+    p.add_argument("--kv-type", choices=KV_TYPES, default="f16")
+    p.add_argument("--goal", choices=GOALS, default="throughput")
+    p.add_argument(
+        "--layout",
+        default="auto",
+        metavar="KIND",
+        help="auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload or cpu:N",
+    )
+    cards = p.add_mutually_exclusive_group()
+    cards.add_argument("--cards", metavar="LIST", help="cards to use: indices or UUIDs")
+    cards.add_argument("--exclude-cards", metavar="LIST", help="cards to leave out")
+    p.add_argument(
+        "--mmproj", metavar="FILE", help="a vision projector, on each worker's first card"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama-launcher",
@@ -72,25 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="rank the layouts for a model on this box or a profile")
     p.add_argument("model", metavar="MODEL.gguf")
-    p.add_argument("--hardware", metavar="NAME|PATH", help="plan for a hardware profile")
-    p.add_argument(
-        "--users", type=int, help="concurrent users = slots in total (default: 4 per card)"
-    )
-    p.add_argument("--ctx", type=int, help="context per user (default 4096 or the model's)")
-    p.add_argument("--kv-type", choices=KV_TYPES, default="f16")
-    p.add_argument("--goal", choices=GOALS, default="throughput")
-    p.add_argument(
-        "--layout",
-        default="auto",
-        metavar="KIND",
-        help="auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload or cpu:N",
-    )
-    cards = p.add_mutually_exclusive_group()
-    cards.add_argument("--cards", metavar="LIST", help="cards to use: indices or UUIDs")
-    cards.add_argument("--exclude-cards", metavar="LIST", help="cards to leave out")
-    p.add_argument(
-        "--mmproj", metavar="FILE", help="a vision projector, on each worker's first card"
-    )
+    _plan_options(p, "plan for a hardware profile")
     p.add_argument(
         "--port", type=int, help="router port the commands are for (8080); workers above it"
     )
@@ -156,13 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = pr_sub.add_parser("save", help="plan and save a launch profile")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--model", required=True, metavar="MODEL.gguf")
-    p.add_argument("--hardware", metavar="NAME|PATH", help="for another box (not planned now)")
-    p.add_argument("--users", type=int)
-    p.add_argument("--ctx", type=int)
-    p.add_argument("--kv-type", choices=KV_TYPES, default="f16")
-    p.add_argument("--goal", choices=GOALS, default="throughput")
-    p.add_argument("--layout", default="auto", metavar="KIND")
-    p.add_argument("--cards", metavar="LIST")
+    _plan_options(p, "for another box (saved without planning)")
     p.add_argument("--port", type=int, help="router port (default 8080)")
     p.add_argument("--force", action="store_true", help="replace an existing profile")
     p.set_defaults(handler=commands.cmd_profile_save)
