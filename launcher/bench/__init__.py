@@ -1,1 +1,1 @@
-"""Measuring: the closed-loop load generator, and later layout comparisons."""
+"""Measuring: the closed-loop load generator, bench results and their calibration, the report."""

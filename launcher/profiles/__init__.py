@@ -1,1 +1,1 @@
-"""TOML profiles: hardware profiles (boxes to plan for) and, later, launch profiles."""
+"""TOML profiles: hardware profiles (boxes to plan for) and launch profiles (fleet specs)."""

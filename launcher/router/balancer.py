@@ -51,15 +51,10 @@ class Member:
 
     def take_slot(self, key: str | None = None) -> int | None:
         """The lowest slot id the router has not given out (None when all are out); a free
-        slot that last served a prompt starting the same way (``key``) comes first, so that
-        llama.cpp can reuse what that slot holds.
-
-        llama.cpp with a KV cache per slot (what ``-np N`` gives) decodes a batch in one pass
-        only over consecutive slot ids; busy slots scattered by its least-recently-used choice
-        (0, 5, 10, 15) cost one pass each. Handing out the lowest free id keeps the busy
-        slots packed at the bottom. Slots busy with requests that did not come through the
-        router (at the last ``/slots`` reading) are skipped: a request pinned to one would wait
-        for it."""
+        slot that last served a prompt starting the same way (``key``) comes first. Packing
+        busy slots at the bottom lets llama.cpp decode them in one pass; slots busy with
+        requests that did not come through the router are skipped (docs/router.md, "Slot
+        packing")."""
         out = self.slots_taken | self.slots_foreign
         free = [i for i in range(self.slots) if i not in out]
         if not free:
@@ -73,22 +68,14 @@ class Member:
 
 
 class SpeedMeter:
-    """A member's decode tokens/s per slot, from two ``/slots`` replies in a row: the best of
+    """A member's decode tokens/s per slot, from two ``/slots`` readings in a row: the best of
     its readings over the last ``window_s`` seconds, kept apart by how many slots were decoding.
 
-    Only slots that were decoding the same request at both replies count: a slot still reading
-    its prompt (or one that just took a new request) has decoded nothing yet. A reading comes
-    out low, never high, for reasons that are not the card's speed: a prompt processed in the
-    same batch stalls every decoding slot for its length (a 70B prompt of 512 tokens stalls
-    about 0.5 s, a whole reading). So the speed is the best recent reading, not an average: an
-    average of such readings lets identical cards look far apart, and the router then stacks
-    users on some of them. But the speed per slot also falls as more slots decode together
-    (8B on an H100: 229 tok/s with one, 70 with eight), so readings taken at different loads
-    are not compared (``Balancer`` compares members at a number of decoding slots both have
-    readings for): the best of the last 30 s whatever the load kept a reading from a lighter
-    moment on some members and not on others (on 4x H100 one of four identical workers still
-    held its one-user reading, counted 1.0 against 0.82-0.84, and took 36 of 128 requests at
-    32 users against 28).
+    Only slots that decoded the same request at both readings count. The best reading, not an
+    average, because a reading only comes out low for reasons that are not the card's speed (a
+    prompt in the same batch stalls the decoding slots); kept by the number of decoding slots,
+    because the speed per slot falls as more decode together, so members are compared at equal
+    load (docs/router.md, "Balancing", with the 4x H100 runs that found both).
     """
 
     def __init__(self, window_s: float = 30.0) -> None:

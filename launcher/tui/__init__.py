@@ -1,1 +1,4 @@
-"""The Textual app. Nothing below ``tui/`` and ``cli.py`` imports Textual."""
+"""The Textual app (``app.py``) and its panes (``screens/``).
+
+Nothing below ``tui/`` and ``cli/`` imports Textual.
+"""

@@ -62,7 +62,9 @@ class DashboardPane(Widget):
 
     def show_samples(self, samples: list[GpuSample], totals: dict[int, int]) -> None:
         """One tick of GPU samples; ``totals`` is each card's memory in bytes."""
-        table = self.query_one("#live-cards", DataTable)
+        table = next(self.query("#live-cards").results(DataTable), None)
+        if table is None:  # not composed yet, or closing: the next tick draws it
+            return
         table.clear()
         for s in samples:
             used = s.memory_used_bytes or 0
@@ -110,7 +112,9 @@ class DashboardPane(Widget):
 
     def show_fleets(self, fleets: list[FleetState]) -> None:
         """The running fleets, as their state files say."""
-        table = self.query_one("#workers", DataTable)
+        table = next(self.query("#workers").results(DataTable), None)
+        if table is None:  # not composed yet, or closing: the next snapshot draws it
+            return
         selected = self.selected_worker()
         table.clear()
         self.fleets = fleets
