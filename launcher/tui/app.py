@@ -18,7 +18,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Header, Label, TabbedContent, TabPane
+from textual.widgets import Button, Footer, Header, Input, Label, TabbedContent, TabPane
 
 from launcher.app.fleet import FleetState
 from launcher.errors import LauncherError
@@ -67,6 +67,13 @@ class LauncherApp(App[None]):
             "f", "show('profiles')", "Profiles", id="profiles", tooltip="Saved and example profiles"
         ),
         Binding("q", "quit", "Quit", id="quit"),
+        Binding(
+            "escape",
+            "leave_input",
+            "Leave input",
+            id="leave-input",
+            tooltip="Leave the text field; the screen keys act again",
+        ),
     ]
 
     def __init__(self, services: Services | None = None, model: Path | None = None) -> None:
@@ -144,6 +151,16 @@ class LauncherApp(App[None]):
         yield SystemCommand(
             "Stop the selected worker's fleet", "SIGTERM, then SIGKILL", dashboard.stop_selected
         )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """ "Leave input" is offered (and shown in the footer) only while a text field has
+        focus; there, letters are typed, and Escape gives the screen keys back."""
+        if action == "leave_input":
+            return isinstance(self.focused, Input)
+        return True
+
+    def action_leave_input(self) -> None:
+        self.screen.set_focus(None)
 
     def action_show(self, tab: str) -> None:
         # a focused widget left in the old pane would take its tab back (and get the keys)
