@@ -71,7 +71,7 @@ def fleet_env(llama_server: Path, launcher_home: Path) -> Iterator[dict[str, str
     run_cli("down", env=env, timeout=60)
 
 
-def up_cpu2(model: Path, env: dict[str, str], port: int, *extra: str) -> None:
+def up_cpu2(model: Path, env: dict[str, str], port: int, *extra: str) -> str:
     result = run_cli(
         "up",
         str(model),
@@ -89,13 +89,16 @@ def up_cpu2(model: Path, env: dict[str, str], port: int, *extra: str) -> None:
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
 def test_up_status_restart_and_down(
     model_factory: Callable[..., Path], fleet_env: dict[str, str]
 ) -> None:
     port = base_port()
-    up_cpu2(model_factory("llama"), fleet_env, port)
+    said = up_cpu2(model_factory("llama"), fleet_env, port)
+    # "up" only once the router listens, and where
+    assert f"Fleet llama-tiny-1 is up on http://127.0.0.1:{port};" in said
     ws = workers(fleet_env)
     assert [w["state"] for w in ws] == ["healthy", "healthy"]
     assert [w["id"] for w in ws] == ["llama-tiny-1/w0", "llama-tiny-1/w1"]
@@ -526,3 +529,22 @@ def test_profile_save_keeps_the_plan_and_its_options(
     planned = run_cli("plan", str(model), *options, "--json", env=env)
     layout = json.loads(planned.stdout)["layouts"][0]
     assert tuple(layout["tensor_split"]) == group.tensor_split
+
+
+def test_a_detached_fleet_that_fails_shows_this_runs_log_only(
+    model_factory: Callable[..., Path], tmp_path: Path, fleet_env: dict[str, str]
+) -> None:
+    model = model_factory("llama")
+    port = base_port()
+    up_cpu2(model, fleet_env, port, "--name", "again")
+    run_cli("down", "again", env=fleet_env, timeout=60)
+    profile = tmp_path / "again.toml"
+    profile.write_text(
+        f'format = 2\nname = "again"\n[router]\nport = {port}\n[[groups]]\nmodel = "{model}"\n'
+        'layout = "cpu:1"\n[groups.server]\nextra_args = ["--rope-scaling", "sideways"]\n'
+    )
+    failed = run_cli("up", str(profile), "--detach", env=fleet_env, timeout=120)
+    out = failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "Fleet again did not start" in out
+    tail = out.split("Fleet again did not start")[1]
+    assert "--rope-scaling" in tail and "is up" not in tail  # not the earlier run's lines

@@ -373,3 +373,28 @@ async def test_plan_screen_plots_this_boxs_bench_results(
             return
         assert "Measured on this box" in text and "* cpu:1" in text
         assert "250" in text and "300" not in text  # the rounds' mean, as plan uses
+
+
+async def test_a_model_that_cannot_be_read_leaves_nothing_to_launch(
+    model_factory: object, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from textual.widgets import Button
+
+    from launcher.tui.screens.model import ModelPane
+
+    svc = services(gpu_boxes.no_driver_backend())
+    svc.model_places = lambda: []
+    svc.models_dir = tmp_path  # type: ignore[assignment]
+    model: Path = model_factory("llama")  # type: ignore[operator]
+    app = LauncherApp(svc, model=model)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        assert not app.query_one("#plan-launch", Button).disabled
+        broken = tmp_path / "broken.gguf"  # type: ignore[operator]
+        broken.write_bytes(b"not a gguf")
+        app.query_one(ModelPane).open(broken)
+        await pilot.pause(0.2)
+        assert app.query_one("#plan-launch", Button).disabled
+        assert "No model" in text(app, "#plan-model")

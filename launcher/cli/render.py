@@ -121,7 +121,7 @@ def print_plan(outcome: PlanOutcome) -> None:
     )
     for note in spec.notes:
         print(f"Note: {note}.")
-    print(f"Hardware: {inventory.source} ({result.host_name}); server: {outcome.server_note}")
+    print(f"Hardware: {_hardware(inventory)} ({result.host_name}); server: {outcome.server_note}")
     print(f"Workload: {w.users} user(s) x {w.ctx} tokens, KV {w.kv_type}, goal {w.goal}\n")
     for r in result.layouts:
         lay = r.layout
@@ -129,7 +129,8 @@ def print_plan(outcome: PlanOutcome) -> None:
         state = "" if lay.feasible else "  [does not fit]"
         print(
             f"{r.rank}. {lay.kind}{state}  single {t.single_user_tok_s:.1f} tok/s, "
-            f"aggregate {t.aggregate_tok_s:.0f} tok/s, prompt {t.prompt_tok_s:.0f} tok/s"
+            f"aggregate {t.aggregate_tok_s:.0f} tok/s"
+            + (f", prompt {t.prompt_tok_s:.0f} tok/s" if t.prompt_tok_s else "")
         )
         print(f"   {r.reason}")
         if lay.kind in measured:
@@ -207,9 +208,21 @@ def print_load(result: LoadResult) -> None:
         f"{result.per_user_tok_s_p50:.1f} tok/s per user (p50)"
     )
     print(
-        f"time to first token p50 {result.ttft_ms_p50} ms; latency p50 "
-        f"{result.latency_ms_p50} ms, p95 {result.latency_ms_p95} ms, p99 "
-        f"{result.latency_ms_p99} ms"
+        f"time to first token p50 {_ms(result.ttft_ms_p50)}; latency p50 "
+        f"{_ms(result.latency_ms_p50)}, p95 {_ms(result.latency_ms_p95)}, p99 "
+        f"{_ms(result.latency_ms_p99)}"
     )
     for err in result.error_samples:
         print(f"  error: {err}")
+
+
+def _ms(value: float | None) -> str:
+    """Milliseconds, or "-" when nothing was measured (every request failed)."""
+    return "-" if value is None else f"{value} ms"
+
+
+def _hardware(inventory: Inventory) -> str:
+    """Where the cards come from: this box (with or without a driver) or a profile."""
+    if inventory.source != "nvml":
+        return inventory.source.replace("profile:", "hardware profile ")
+    return "this box" if inventory.driver.available else "this box (no NVIDIA driver: CPU only)"

@@ -36,9 +36,12 @@ def _running(name: str) -> fleet_state.FleetState | None:
     return None
 
 
-def _tail(path: os.PathLike[str] | str, n: int = 12) -> str:
+def _tail(path: os.PathLike[str] | str, start: int = 0, n: int = 12) -> str:
+    """The last ``n`` lines of ``path`` written after byte ``start`` (this run's, not the
+    earlier runs' the log also holds)."""
     try:
         with open(path, "rb") as f:
+            f.seek(start)
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
@@ -72,6 +75,7 @@ def start_detached(spec: FleetSpec, say: Say) -> int:
     handed.parent.mkdir(parents=True, exist_ok=True)
     handed.write_text(json.dumps(spec.to_json(), indent=1))
     with open(log_path, "ab") as log:
+        start = log.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "launcher.run.daemon", str(handed)],
             stdin=subprocess.DEVNULL,
@@ -94,14 +98,16 @@ def start_detached(spec: FleetSpec, say: Say) -> int:
                     shown[w.id] = w.state
                     say(f"{w.id}: {w.state}{f' ({w.message})' if w.message else ''}")
             states = {w.state for w in state.workers}
-            if states == {"healthy"}:
+            serving = state.router is not None or not spec.router.enabled
+            if states == {"healthy"} and serving:  # the router listens before we say "up"
+                where = f" on {state.router['url']}" if state.router else ""
                 say(
-                    f"Fleet {fleet} is up; 'llama-launcher status' shows it, "
+                    f"Fleet {fleet} is up{where}; 'llama-launcher status' shows it, "
                     f"'llama-launcher down {fleet}' stops it."
                 )
                 return 0
         if code is not None:
-            say(f"Fleet {fleet} did not start; the end of {log_path}:\n{_tail(log_path)}")
+            say(f"Fleet {fleet} did not start; the end of {log_path}:\n{_tail(log_path, start)}")
             return 1
         time.sleep(0.25)
     say(f"Fleet {fleet} was not up after {START_TIMEOUT_S:.0f} s; stopping it.")

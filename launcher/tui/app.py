@@ -175,6 +175,9 @@ class LauncherApp(App[None]):
 
     def on_model_chosen(self, message: ModelChosen) -> None:
         pane = self.query_one(PlanPane)
+        if message.spec is None:
+            pane.clear_model("the model could not be read (see the Model screen).")
+            return
         pane.set_model(message.spec)
         pane.run_plan()  # a model chosen shows its plan at once, with the form's workload
 

@@ -20,9 +20,10 @@ from launcher.model.spec import ModelSpec
 
 
 class ModelChosen(Message):
-    """A model was read successfully."""
+    """A model was read successfully; ``spec`` is None when the one asked for could not be
+    read (the Plan screen then drops the model it had, so Launch cannot start the old one)."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec | None) -> None:
         super().__init__()
         self.spec = spec
 
@@ -126,6 +127,7 @@ class ModelPane(Widget):
             spec = models.read_model(path)
         except LauncherError as err:
             self.query_one("#model-facts", Static).update(str(err))
+            self.post_message(ModelChosen(None))
             return
         self.query_one("#model-facts", Static).update(facts(spec))
         self.post_message(ModelChosen(spec))

@@ -132,6 +132,17 @@ class PlanPane(Widget):
         layout = group.layout if group.layout in LAYOUT_CHOICES else "auto"
         self.query_one("#plan-layout", Select).value = layout
 
+    def clear_model(self, why: str) -> None:
+        """No model to plan (the last one asked for could not be read): nothing to launch."""
+        self.spec = None
+        self.result = None
+        self.planned_workload = None
+        self.query_one("#plan-model", Static).update(f"No model: {why}")
+        self.query_one("#plan-layouts", OptionList).clear_options()
+        self.query_one("#plan-detail", Static).update("")
+        self.query_one("#plan-launch", Button).disabled = True
+        self.query_one("#plan-save", Button).disabled = True
+
     def set_model(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.query_one("#plan-model", Static).update(f"Model: {spec.name} ({spec.path})")
