@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, help="context per user")
     p.add_argument("--kv-type", choices=KV_TYPES, help="KV cache type (default: the profile's)")
     p.add_argument("--goal", choices=GOALS, help="what the plan ranks layouts by")
-    p.add_argument("--port", type=int, help="router port; workers use the ports above it")
+    p.add_argument(
+        "--port", type=int, help="router port (the profile's, else 8080); workers above it"
+    )
     p.add_argument("--name", help="fleet name (default: the profile's or the model's)")
     p.add_argument(
         "--replan",
@@ -162,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--model", required=True, metavar="MODEL.gguf")
     _plan_options(p, "for another box (saved without planning)")
-    p.add_argument("--port", type=int, help="router port (default 8080)")
+    p.add_argument("--port", type=int, help="router port (8080); workers above it")
     p.add_argument("--force", action="store_true", help="replace an existing profile")
     p.set_defaults(handler=commands.cmd_profile_save)
     p = pr_sub.add_parser("list", help="launch and hardware profiles")

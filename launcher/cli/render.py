@@ -187,14 +187,18 @@ def print_status(fleets: list[FleetState]) -> None:
     for f in fleets:
         router = f.router["url"] if f.router else "no router"
         print(f"Fleet {f.name} ({f.layout}, supervisor pid {f.supervisor_pid}, {router})")
+        # columns as wide as their longest entry: long fleet names and URLs stay apart
+        cards = {w.id: ",".join(map(str, w.cards)) or "cpu" for w in f.workers}
+        iw = max([22, *(len(w.id) + 2 for w in f.workers)])
+        uw = max([24, *(len(w.url) + 2 for w in f.workers)])
+        cw = max([10, *(len(c) + 2 for c in cards.values())])
         print(
-            f"  {'worker':<22}{'state':<12}{'pid':>8}  {'url':<24}{'cards':<10}"
+            f"  {'worker':<{iw}}{'state':<12}{'pid':>8}  {'url':<{uw}}{'cards':<{cw}}"
             f"{'restarts':>9}{'tok/s':>9}{'slots':>8}"
         )
         for w in f.workers:
-            cards = ",".join(map(str, w.cards)) or "cpu"
             print(
-                f"  {w.id:<22}{w.state:<12}{w.pid or '-':>8}  {w.url:<24}{cards:<10}"
+                f"  {w.id:<{iw}}{w.state:<12}{w.pid or '-':>8}  {w.url:<{uw}}{cards[w.id]:<{cw}}"
                 f"{w.restarts:>9}{w.tok_s:>9.1f}{f'{w.slots_busy}/{w.slots_total}':>8}"
             )
             if w.message:
