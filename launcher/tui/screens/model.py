@@ -138,7 +138,7 @@ class ModelPane(Widget):
 
     @work(thread=True, exclusive=True, group="make")
     def make_synthetic(self) -> None:
-        target = self.models_dir / "synthetic-llama-tiny.gguf"
+        target = self.models_dir / "tiny.gguf"  # the name the README and tiny-cpu use
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             if not target.exists():

@@ -97,7 +97,15 @@ class ProfilesPane(Widget):
         except LauncherError as err:
             status.update(str(err))
             return
-        status.update(f"Loaded {profile.name}: {profile.groups[0].model}")
+        model = Path(profile.groups[0].model).expanduser()
+        if model.is_file():
+            status.update(f"Loaded {profile.name}: {model}")
+        else:
+            status.update(
+                f"Loaded {profile.name}, but its model {model} is not here: make it with "
+                "'Write a tiny synthetic model' (tiny-cpu) or 'llama-launcher make-model', or "
+                "edit the profile."
+            )
         self.post_message(ProfileLoaded(profile))
 
     @on(Button.Pressed, "#profile-delete")
