@@ -70,7 +70,10 @@ def test_bench_cpu1_and_cpu2_counts_match_the_servers(
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    # progress says which point of how many, and about how long is left
+    assert "(point 1 of 4, about " in result.stderr and "(point 4 of 4, about " in result.stderr
     runs = json.loads(result.stdout)["runs"]
+    assert all(r["busy"] == "" for r in runs)  # nothing else ran on the box
     assert [(r["layout"], r["users"]) for r in runs] == [
         ("cpu:1", 1),
         ("cpu:1", 2),
@@ -534,3 +537,34 @@ async def test_staggered_load_spreads_the_starts_and_times_only_the_full_load() 
     assert arrived[4] - arrived[0] > 0.13 and arrived[8] - arrived[0] > 0.28
     # the offsets do not dilute the aggregate as they do tokens over wall time
     assert staggered.aggregate_tok_s > staggered.tokens / staggered.wall_s
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_other_processes_cpu_marks_a_row_busy_and_plan_leaves_it_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    from launcher.bench.busy import OtherLoad, busy_reason
+
+    spinner = multiprocessing.Process(target=_spin, args=(1.5,))
+    meter = OtherLoad((os.getpid(),)).start()
+    spinner.start()
+    spinner.join()
+    others = meter.stop()
+    assert others > 0.6 and busy_reason(others).startswith("other processes used")
+    quiet = OtherLoad((os.getpid(),)).start()
+    time.sleep(0.5)
+    assert busy_reason(quiet.stop()) == ""
+    monkeypatch.setenv("LLAMA_LAUNCHER_HOME", str(tmp_path))
+    off = ("--cache-ram", "0")
+    row = dataclasses.replace(
+        _run("per-card", 4, 900, 1000), hardware_key="h", model_key="m", server_defaults=list(off)
+    )
+    results.append([row, dataclasses.replace(row, users=8, busy=busy_reason(others))])
+    assert [r.users for r in results.load(Keys("h", "m", off))] == [4]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import statistics
 import time
@@ -23,6 +24,7 @@ import aiohttp
 
 from launcher.app import fleet, hardware, server
 from launcher.bench import results
+from launcher.bench.busy import OtherLoad, busy_reason
 from launcher.bench.load import LoadResult, LoadSpec, requests_sent, run_load
 from launcher.bench.results import BenchRun, HoldoutCheck
 from launcher.errors import LauncherError
@@ -55,6 +57,7 @@ class BenchRequest:
     extra_args: tuple[str, ...] = ()  # a launch profile's extra llama-server flags
     staggered: bool = False  # users start spread over one predicted request cycle
     rounds: int = 1  # times each layout's ladder of concurrencies is measured, in one fleet
+    keep_busy: bool = False  # calibrate on rows measured while other work used the CPU
 
 
 def _free_port() -> int:
@@ -99,6 +102,14 @@ class Bench:
         self.interrupted = False
         self.keys = results.keys_for(inventory, spec, server)
         self.prices = {c.index: c.price_usd for c in inventory.local.cards if c.price_usd}
+        # what is left: the points still to measure, each with its predicted seconds, scaled
+        # by how long the measured ones took against their prediction; fleet starts as measured
+        self._left: list[tuple[str, int, float]] = []
+        self._measured_s = 0.0
+        self._predicted_s = 0.0
+        self._starts_s: list[float] = []
+        self.current = ""  # the layout being measured
+        self.points = 0  # points to measure in all
 
     @property
     def ctx(self) -> int:
@@ -122,9 +133,43 @@ class Bench:
             raise LauncherError(f"Layout {kind} does not fit here: {result.layouts[0].reason}")
         return best.layout
 
+    def _seconds(self, kind: str, users: int) -> float:
+        """The planner's guess of how long one point takes (its requests at the predicted
+        aggregate, prompts included); 0 when the layout does not fit."""
+        try:
+            planned = self._plan(kind, users)
+        except LauncherError:
+            return 0.0
+        t = planned.throughput
+        served = served_tok_s(
+            t.aggregate_tok_s,
+            t.prompt_tok_s,
+            len(planned.processes),
+            users,
+            self.request.prompt_tokens,
+            self.request.tokens,
+        )
+        n = max(users * self.request.requests_per_user, 4)
+        return n * self.request.tokens / served if served > 0 else 0.0
+
+    def time_left_s(self) -> float:
+        """Seconds the points not yet measured should take, and the fleets still to start."""
+        scale = self._measured_s / self._predicted_s if self._predicted_s > 0 else 1.0
+        points = sum(s for _, _, s in self._left) * scale
+        kinds_left = len({k for k, _, _ in self._left} - {self.current}) if self._left else 0
+        start = statistics.mean(self._starts_s) if self._starts_s else 0.0
+        return points + kinds_left * start
+
     async def run(self) -> list[BenchRun]:
         """Every layout in turn. Ctrl-C cancels this task (asyncio.run does that): the fleet
         running then is stopped cleanly, and ``runs`` keeps the rows measured so far."""
+        self._left = [
+            (kind, users, self._seconds(kind, users))
+            for kind in self.request.layouts
+            for _ in range(self.request.rounds)
+            for users in sorted(self.request.users)
+        ]
+        self.points = len(self._left)
         try:
             for kind in self.request.layouts:
                 await self._layout(kind)
@@ -159,6 +204,8 @@ class Bench:
             queue_timeout_s=600,
         )
         self.say(f"{kind}: starting {len(group.workers)} worker(s)")
+        self.current = kind
+        started = time.monotonic()
         task = asyncio.create_task(sup.run())
         cards = sorted({c for p in layout.processes for c in p.cards})
         try:
@@ -169,6 +216,7 @@ class Bench:
                 raise LauncherError(f"Layout {kind} did not start:\n{tail}")
             urls = [w.state.url for w in sup.workers]
             await self._warm_up(kind, urls)
+            self._starts_s.append(time.monotonic() - started)
             for n in range(self.request.rounds):
                 if self.request.rounds > 1:
                     self.say(f"{kind}: round {n + 1} of {self.request.rounds}")
@@ -221,10 +269,13 @@ class Bench:
             stagger_s=stagger,
         )
         how = f", starts {stagger * 1000:.0f} ms apart, 2 per user untimed" if stagger else ""
+        point = self.points - len(self._left) + 1
         self.say(
             f"{kind}: {users} user(s), {requests_sent(spec)} requests of "
-            f"{self.request.tokens} tokens{how}"
+            f"{self.request.tokens} tokens{how} (point {point} of {self.points}, about "
+            f"{_duration(self.time_left_s())} left)"
         )
+        _, _, guess = self._left.pop(0)
         powers: list[float] = []
 
         def on_samples(samples: list[GpuSample], tick: float) -> None:
@@ -233,8 +284,11 @@ class Bench:
                 powers.append(sum(watts))
 
         sampler = GpuSampler(self.backend, cards, on_samples) if self.backend and cards else None
+        pids = [os.getpid(), *(w.state.pid for w in sup.workers if w.state.pid)]
+        others = OtherLoad(tuple(pids))
         async with aiohttp.ClientSession() as session:
             before = await _server_tokens(session, urls)
+            others.start()
             if sampler:
                 sampler.start()
             load_task = asyncio.create_task(run_load(spec))
@@ -248,7 +302,21 @@ class Bench:
             finally:
                 if sampler:
                     sampler.stop()
+            other_cores = others.stop()
             after = await _server_tokens(session, urls)
+        if guess > 0:
+            self._measured_s += result.wall_s
+            self._predicted_s += guess
+        busy = busy_reason(other_cores)
+        if busy:
+            self.say(
+                f"{kind}: {users} user(s): the box was busy ({busy}); "
+                + (
+                    "kept for calibration, as --keep-busy asks."
+                    if self.request.keep_busy
+                    else "plan will not calibrate on this row; run bench again on an idle box."
+                )
+            )
         power = statistics.mean(powers) if powers else None
         price = sum(self.prices.get(c, 0.0) for c in cards) or None
         run = BenchRun(
@@ -279,6 +347,7 @@ class Bench:
             server_flags=flags,
             server_defaults=list(self.keys.defaults),
             arrivals="staggered" if stagger else "lockstep",
+            busy="" if self.request.keep_busy else busy,
             hardware_key=self.keys.hardware,
             model_key=self.keys.model,
             time=time.time(),
@@ -325,6 +394,7 @@ class BenchOptions:
     requests_per_user: int = 4
     staggered: bool = False
     rounds: int = 1
+    keep_busy: bool = False
     llama_server: str | None = None
 
 
@@ -368,6 +438,7 @@ def prepare(options: BenchOptions, say: Say) -> tuple[Bench, GpuBackend | None]:
         extra_args,
         options.staggered,
         options.rounds,
+        options.keep_busy,
     )
     backend = open_backend() if usable else None
     return Bench(spec, inventory, target, request, backend, say), backend
@@ -414,3 +485,9 @@ def load(spec: LoadSpec) -> LoadResult:
 def api_key(var: str | None) -> str | None:
     """The Bearer key in ``$var`` for ``load`` (None when no variable is named)."""
     return env_key(var, "API key")
+
+
+def _duration(seconds: float) -> str:
+    """``1 min 5 s``, ``40 s``."""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"

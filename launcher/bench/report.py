@@ -47,6 +47,7 @@ def spread(runs: list[BenchRun]) -> list[str]:
         lines.append(
             f"{layout} at {users} user(s): {' / '.join(f'{v:.1f}' for v in values)} tok/s, "
             f"mean {mean:.1f}, {apart:.1f}% apart"
+            + (" (more than 25% apart: was the box busy?)" if apart > 25 else "")
         )
     return lines
 

@@ -71,11 +71,14 @@ class BenchRun:
     # variables the workers inherited and llama-server took (e.g. ["LLAMA_ARG_BATCH=4096"]);
     # empty for the fleet `up` starts from a shell without such variables
     server_flags: list[str] = field(default_factory=list)
-    # the settings the launcher itself chose over llama.cpp's defaults (plan.layouts.default_flags):
+    # the settings the launcher chose over llama.cpp's defaults (llamacpp.probe.default_flags):
     # rows written before the launcher turned the RAM prompt cache off have none
     server_defaults: list[str] = field(default_factory=list)
     # how the users' requests arrived: "lockstep" (all start together) or "staggered"
     arrivals: str = "lockstep"
+    # why the box was busy with other work while this row ran ("" = it was not): plan does not
+    # calibrate on busy rows (bench.busy); bench --keep-busy keeps them on purpose
+    busy: str = ""
     hardware_key: str = ""
     model_key: str = ""
     time: float = 0.0
@@ -147,11 +150,12 @@ def load(keys: Keys, flags: list[str] | None = None, arrivals: str = "lockstep")
     settings in ``keys`` and ``flags`` (default: none beyond the plan's, which is what ``plan``
     predicts) under ``arrivals``, so that a bench with, say, the prompt cache on does not
     correct the figures of fleets that keep it off, and loads measured differently are not
-    mixed."""
+    mixed. Rows measured while the box was busy with other work are left out."""
     return [
         run
         for run in _stored()
-        if run.hardware_key == keys.hardware
+        if not run.busy
+        and run.hardware_key == keys.hardware
         and run.model_key == keys.model
         and not run.errors
         and run.server_defaults == list(keys.defaults)

@@ -265,6 +265,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         requests_per_user=args.requests_per_user,
         staggered=args.staggered,
         rounds=args.rounds,
+        keep_busy=args.keep_busy,
         llama_server=args.llama_server,
     )
     runner, backend = bench.prepare(options, say)

@@ -222,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the whole ladder of concurrencies this many times in one fleet (1); "
         "plan uses the mean, and the output says how far the rounds are apart",
     )
+    p.add_argument(
+        "--keep-busy",
+        action="store_true",
+        help="let plan calibrate on rows measured while other processes used the CPU",
+    )
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")
     p.set_defaults(handler=commands.cmd_bench)
