@@ -107,6 +107,8 @@ def _plan_request(args: argparse.Namespace, model: str) -> planning.PlanRequest:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise models.no_model_given("plan")
     outcome = planning.plan_model(_plan_request(args, args.model))
     if args.json:
         print(json.dumps(outcome.to_json(), indent=2))
@@ -119,6 +121,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if not args.target:
+        raise models.no_model_given("up")
     prepared = fleet.prepare_up(
         fleet.UpRequest(
             target=args.target,
@@ -255,6 +259,8 @@ def _numbers(text: str, what: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if not args.target:
+        raise models.no_model_given("bench")
     options = bench.BenchOptions(
         target=args.target,
         layouts=tuple(k.strip() for k in (args.layouts or "").split(",") if k.strip()),

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_make_model)
 
     p = sub.add_parser("plan", help="rank the layouts for a model on this box or a profile")
-    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("model", metavar="MODEL.gguf", nargs="?", help="(none: lists the models here)")
     _plan_options(p, "plan for a hardware profile")
     p.add_argument(
         "--port", type=int, help="router port the commands are for (8080); workers above it"
@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_gpus)
 
     p = sub.add_parser("up", help="start a fleet from a model or a launch profile")
-    p.add_argument("target", metavar="PROFILE|MODEL.gguf")
+    p.add_argument(
+        "target", metavar="PROFILE|MODEL.gguf", nargs="?", help="(none: lists the models here)"
+    )
     p.add_argument("--layout", metavar="KIND", help="override the layout (default: the best)")
     p.add_argument("--cards", metavar="LIST", help="cards to use: indices or UUIDs")
     p.add_argument("--users", type=int, help="concurrent users = slots in total")
@@ -192,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_overview)
 
     p = sub.add_parser("bench", help="measure layouts on this box beside the prediction")
-    p.add_argument("target", metavar="MODEL.gguf|PROFILE")
+    p.add_argument(
+        "target", metavar="MODEL.gguf|PROFILE", nargs="?", help="(none: lists the models here)"
+    )
     p.add_argument(
         "--layouts",
         metavar="KIND,KIND",

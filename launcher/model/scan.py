@@ -1,18 +1,22 @@
-"""Finding GGUF models in the usual places: ~/models, llama.cpp's cache, LM Studio, Ollama.
+"""Finding GGUF models in the usual places: ~/models, llama.cpp's cache, LM Studio, Ollama,
+the Hugging Face cache.
 
 Ollama keeps weights as content-addressed blobs; its manifests name them, so a blob is shown
-under the model's name (``llama3.1:8b``) rather than ``sha256-…``.
+under the model's name (``llama3.1:8b``) rather than ``sha256-…``. A model split in parts
+(``NAME-00001-of-00004.gguf``) is one model: its first part, its parts' whole size.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 MAX_DEPTH = 4
 OLLAMA_MODEL = "application/vnd.ollama.image.model"
+_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<parts>\d{5})\.gguf$")
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,8 @@ class FoundModel:
     name: str
     path: Path
     size_bytes: int
-    source: str  # models, llama.cpp, lm-studio, ollama
+    source: str  # models, llama.cpp, lm-studio, ollama, huggingface
+    parts: int = 1  # files of a split model (path is the first)
 
 
 def usual_places(home: Path | None = None) -> list[tuple[str, Path]]:
@@ -32,7 +37,17 @@ def usual_places(home: Path | None = None) -> list[tuple[str, Path]]:
         ("lm-studio", home / ".lmstudio" / "models"),
         ("lm-studio", home / ".cache" / "lm-studio" / "models"),
         ("ollama", home / ".ollama" / "models"),
+        ("huggingface", _hf_hub(home, cache)),
     ]
+
+
+def _hf_hub(home: Path, cache: Path) -> Path:
+    """The Hugging Face hub cache: $HF_HUB_CACHE, $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return cache / "huggingface" / "hub"
 
 
 def _walk(root: Path) -> list[Path]:
@@ -78,11 +93,21 @@ def scan(places: list[tuple[str, Path]] | None = None) -> list[FoundModel]:
                 found.setdefault(m.path, m)
             continue
         for path in _walk(root):
-            if "-of-" in path.name and "-00001-of-" not in path.name:
-                continue
+            split = _SPLIT.match(path.name)
+            if split and int(split["part"]) != 1:
+                continue  # counted with its first part
+            parts = [path]
+            if split:
+                n = int(split["parts"])
+                width = len(split["parts"])
+                parts = [
+                    path.with_name(f"{split['stem']}-{i:0{width}d}-of-{split['parts']}.gguf")
+                    for i in range(1, n + 1)
+                ]
             try:
-                size = path.stat().st_size
+                size = sum(p.stat().st_size for p in parts)  # stat follows HF's symlinks
             except OSError:
-                continue
-            found.setdefault(path, FoundModel(path.name, path, size, source))
+                continue  # a part is missing: not a model that loads
+            name = f"{split['stem']} ({len(parts)} parts)" if split else path.name
+            found.setdefault(path, FoundModel(name, path, size, source, len(parts)))
     return sorted(found.values(), key=lambda m: (m.source, m.name))
