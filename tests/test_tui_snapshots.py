@@ -1,4 +1,5 @@
-"""Snapshots of every screen at 120x36 with a fixed GPU box, fixed fleets and no clock."""
+"""Snapshots of every screen at 80x24 and 120x40 with a fixed GPU box, a running fleet (fixed
+states) and no clock."""
 
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ def make_app(tmp_path: Path, model: Path | None = None) -> LauncherApp:
 
 
 @pytest.mark.parametrize("tab", ["hardware", "model", "plan", "dashboard", "profiles"])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 def test_screen_snapshot(
     tab: str,
+    size: tuple[int, int],
     snap_compare,
     tmp_path: Path,  # type: ignore[no-untyped-def]
     model_factory,
@@ -79,4 +82,4 @@ def test_screen_snapshot(
         app.set_focus(None)
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=(120, 36), run_before=run_before)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

@@ -141,7 +141,9 @@ class DashboardPane(Widget):
             table.move_cursor(row=table.get_row_index(selected))
         current = self.selected_worker()
         spark = self.query_one("#worker-spark", Sparkline)
-        spark.data = self.history.get(current, []) if current else []
+        history = self.history.get(current, []) if current else []
+        # from 0, so that one reading or a steady rate is a bar of its height, not a full block
+        spark.data = [0.0, *history] if history else []
         if current is not None:
             self._tail(current)
         total = sum(w.tok_s for f in fleets for w in f.workers)

@@ -101,6 +101,8 @@ class PlanPane(Widget):
                     allow_blank=False,
                 )
                 yield Button("Plan", id="plan-run", variant="primary")
+                # beside Plan, so that it is on screen at 80x24 too
+                yield Button("Launch", id="plan-launch", variant="success", disabled=True)
             yield OptionList(id="plan-layouts")
             yield Input(
                 placeholder="tensor split (layers per card, e.g. 16,17): edit to see "
@@ -109,11 +111,26 @@ class PlanPane(Widget):
             )
             yield Static(id="plan-detail")
             with Horizontal(classes="row"):
-                yield Button("Launch", id="plan-launch", variant="success", disabled=True)
                 yield Input(placeholder="profile name", id="plan-profile-name")
                 yield Button("Save as profile", id="plan-save", disabled=True)
             yield Static(id="plan-status")
             yield Static(id="plan-bench")
+
+    def on_mount(self) -> None:
+        # each field says what it is, on its border (no extra rows at 80x24)
+        for selector, title in (
+            ("#plan-users", "users"),
+            ("#plan-ctx", "context"),
+            ("#plan-kv", "KV cache"),
+            ("#plan-goal", "goal"),
+            ("#plan-layout", "layout"),
+            ("#plan-split", "tensor split"),
+            ("#plan-profile-name", "save as"),
+        ):
+            field = self.query_one(selector)
+            # a Select draws its border on the part that shows the value
+            shown = field.query_one("SelectCurrent") if isinstance(field, Select) else field
+            shown.border_title = title
 
     def set_inventory(self, inventory: Inventory) -> None:
         """Plan for other hardware (a profile) or this box again; re-plans if a model is set."""
