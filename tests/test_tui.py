@@ -272,6 +272,8 @@ async def test_profiles_load_and_delete_with_confirmation(
 async def test_quit_asks_about_fleets_started_here() -> None:
     from textual.widgets import Button
 
+    from launcher.tui.app import QuitScreen
+
     fleet = FleetState("mine", 4321, None, [])
     stopped: list[str] = []
     svc = services(gpu_boxes.no_driver_backend(), [fleet])
@@ -281,6 +283,11 @@ async def test_quit_asks_about_fleets_started_here() -> None:
     async with app.run_test(size=(120, 36)) as pilot:
         await pilot.pause(0.2)
         app.launched.add("mine")
+        await app.action_quit()
+        await pilot.pause()
+        await pilot.press("escape")  # Esc stays too
+        await pilot.pause()
+        assert app.is_running and stopped == [] and not isinstance(app.screen, QuitScreen)
         await app.action_quit()
         await pilot.pause()
         app.screen.query_one("#cancel", Button).press()  # stay

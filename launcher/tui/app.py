@@ -276,9 +276,16 @@ class QuitScreen(ModalScreen[str]):
         "height: auto; border: thick $warning; padding: 1 2; background: $surface; }"
     )
 
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", tooltip="Stay in the app; the fleets keep running")
+    ]
+
     def __init__(self, fleets: list[str]) -> None:
         super().__init__()
         self.fleets = fleets
+
+    def action_cancel(self) -> None:
+        self.dismiss("cancel")
 
     def compose(self) -> ComposeResult:
         with Vertical():

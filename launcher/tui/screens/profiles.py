@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
@@ -28,12 +30,20 @@ class ProfileLoaded(Message):
 class ConfirmDelete(ModalScreen[bool]):
     DEFAULT_CSS = (
         "ConfirmDelete { align: center middle; } ConfirmDelete > Vertical { "
-        "width: 70; height: auto; border: thick $error; padding: 1 2; background: $surface; }"
+        "width: 90%; max-width: 100; height: auto; border: thick $error; padding: 1 2; "
+        "background: $surface; } ConfirmDelete Label { width: 100%; }"
     )
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "keep", "Keep it", tooltip="Close this and keep the profile")
+    ]
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
+
+    def action_keep(self) -> None:
+        self.dismiss(False)
 
     def compose(self) -> ComposeResult:
         with Vertical():
