@@ -105,3 +105,22 @@ def test_python_dash_m_and_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("llama-launcher ")
+
+
+def test_every_option_says_what_it_does() -> None:
+    import argparse
+
+    from launcher.cli.parser import build_parser
+
+    silent = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    walk(child, f"{name} {sub}")
+            elif action.help is None:
+                silent.append(f"{name} {action.option_strings or action.dest}")
+
+    walk(build_parser(), "llama-launcher")
+    assert silent == []

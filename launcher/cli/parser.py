@@ -17,8 +17,15 @@ def _plan_options(p: argparse.ArgumentParser, hardware_help: str) -> None:
         "--users", type=int, help="concurrent users = slots in total (default: 4 per card)"
     )
     p.add_argument("--ctx", type=int, help="context per user (default 4096 or the model's)")
-    p.add_argument("--kv-type", choices=KV_TYPES, default="f16")
-    p.add_argument("--goal", choices=GOALS, default="throughput")
+    p.add_argument(
+        "--kv-type", choices=KV_TYPES, default="f16", help="KV cache type (f16; q8_0 halves it)"
+    )
+    p.add_argument(
+        "--goal",
+        choices=GOALS,
+        default="throughput",
+        help="rank layouts by aggregate tok/s, one user's tok/s, or memory left (throughput)",
+    )
     p.add_argument(
         "--layout",
         default="auto",
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_install_server)
 
     p = sub.add_parser("make-model", help="write a synthetic GGUF with a real model's shape")
-    p.add_argument("out", metavar="OUT.gguf")
+    p.add_argument("out", metavar="OUT.gguf", help="the file to write (NAME.gguf)")
     p.add_argument("--arch", required=True, help="llama, qwen3, qwen3moe or gemma3")
     p.add_argument(
         "--shape",
@@ -133,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_up)
 
     p = sub.add_parser("route", help="run the router alone over running llama-servers")
-    p.add_argument("urls", metavar="URL[@WEIGHT]", nargs="+")
+    p.add_argument(
+        "urls", metavar="URL[@WEIGHT]", nargs="+", help="llama-servers, e.g. http://127.0.0.1:8081"
+    )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     p.add_argument("--api-key-env", metavar="VAR", help="variable with the key clients must send")
@@ -156,15 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_status)
 
     p = sub.add_parser("logs", help="a worker's log")
-    p.add_argument("worker", metavar="FLEET/wN")
+    p.add_argument("worker", metavar="FLEET/wN", help="a worker, as 'status' names it")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.set_defaults(handler=commands.cmd_logs)
 
     pr = sub.add_parser("profile", help="launch profiles")
     pr_sub = pr.add_subparsers(title="profile commands", metavar="ACTION", required=True)
     p = pr_sub.add_parser("save", help="plan and save a launch profile")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--model", required=True, metavar="MODEL.gguf")
+    p.add_argument("name", metavar="NAME", help="the profile's name (letters, digits, - _ .)")
+    p.add_argument("--model", required=True, metavar="MODEL.gguf", help="the model to run")
     _plan_options(p, "for another box (saved without planning)")
     p.add_argument("--port", type=int, help="router port (8080); workers above it")
     p.add_argument("--force", action="store_true", help="replace an existing profile")
@@ -172,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = pr_sub.add_parser("list", help="launch and hardware profiles")
     p.set_defaults(handler=commands.cmd_profile_list)
     p = pr_sub.add_parser("show", help="print a launch profile")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="a profile name or path")
     p.set_defaults(handler=commands.cmd_profile_show)
 
     p = sub.add_parser("load", help="closed-loop load against a server or the router")
@@ -181,9 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--requests", type=int, default=16, help="requests in total")
     p.add_argument("--tokens", type=int, default=128, help="tokens to generate per request")
     p.add_argument("--prompt-tokens", type=int, default=64, help="prompt length, in tokens")
-    p.add_argument("--api", choices=("completion", "openai"), default="completion")
+    p.add_argument(
+        "--api",
+        choices=("completion", "openai"),
+        default="completion",
+        help="llama.cpp's /completion or /v1/completions (completion)",
+    )
     p.add_argument("--api-key-env", metavar="VAR", help="variable holding a Bearer key")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=commands.cmd_load)
 
     p = sub.add_parser("tui", help="open the terminal UI (what no command opens on a terminal)")
@@ -236,14 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_bench)
 
     p = sub.add_parser("systemd", help="write a systemd user unit that runs 'up PROFILE'")
-    p.add_argument("profile", metavar="PROFILE")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("profile", metavar="PROFILE", help="a launch profile name or path")
+    p.add_argument("--force", action="store_true", help="replace an existing unit")
     p.set_defaults(handler=commands.cmd_systemd)
 
     hw = sub.add_parser("hardware", help="hardware profiles")
     hw_sub = hw.add_subparsers(title="hardware commands", metavar="ACTION", required=True)
     p = hw_sub.add_parser("save", help="save this box as a hardware profile")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the profile's name (letters, digits, - _ .)")
     p.add_argument("--force", action="store_true", help="replace an existing profile")
     p.set_defaults(handler=commands.cmd_hardware_save)
     p = hw_sub.add_parser("list", help="list saved and shipped hardware profiles")
