@@ -219,3 +219,27 @@ def test_failed_build_step_names_itself_and_its_log(tmp_path: Path) -> None:
     assert "broken on purpose" in log.read_text()
     builds = paths.builds_dir()
     assert not builds.exists() or not any(builds.iterdir())  # nothing half-installed
+
+
+def test_a_download_reports_what_has_arrived(tmp_path: Path) -> None:
+    # pip writes under its TMPDIR: a stand-in that grows a file there for a second is watched
+    scratch = tmp_path / "pip-tmp"
+    scratch.mkdir()
+    grow = (
+        "import os, tempfile, time\n"
+        "with open(os.path.join(tempfile.gettempdir(), 'part'), 'wb') as f:\n"
+        "    for _ in range(5):\n"
+        "        f.write(b'x' * (1 << 20)); f.flush(); time.sleep(0.25)\n"
+    )
+    said: list[str] = []
+    with install.DownloadWatch(scratch, 75, said.append, every_s=0.1):
+        install._run_step(
+            "download",
+            [sys.executable, "-c", grow],
+            tmp_path / "log.txt",
+            said.append,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+    shown = [s for s in said if s.startswith("download: ")]
+    assert shown and shown[-1] in ("download: 4 of about 75 MB", "download: 5 of about 75 MB")
+    assert install.tree_bytes(scratch) == 5 << 20

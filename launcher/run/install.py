@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -294,6 +295,9 @@ def fetch_sdist_tree(version: str, report: Report, log: Path) -> Path:
     paths.sources_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.sources_dir(), prefix=".download-") as tmp:
         report(f"downloading llama-cpp-python {version} source distribution from PyPI (~75 MB)")
+        # pip writes the download under its TMPDIR: one of ours, watched for its size
+        scratch = Path(tmp) / "pip-tmp"
+        scratch.mkdir()
         cmd = [
             sys.executable,
             "-m",
@@ -308,7 +312,8 @@ def fetch_sdist_tree(version: str, report: Report, log: Path) -> Path:
             tmp,
             f"llama-cpp-python=={version}",
         ]
-        _run_step("download", cmd, log, report)
+        with DownloadWatch(scratch, SDIST_MB, report):
+            _run_step("download", cmd, log, report, env={**os.environ, "TMPDIR": str(scratch)})
         archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if not archives:
             raise LauncherError(f"pip downloaded no llama-cpp-python {version} sdist; see {log}.")
@@ -328,6 +333,52 @@ def fetch_sdist_tree(version: str, report: Report, log: Path) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         (unpacked / top).rename(dest)
     return _check_tree(tree)
+
+
+SDIST_MB = 75  # about the size of a llama-cpp-python source distribution
+
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes of the files below ``folder`` now (files that vanish meanwhile count 0)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:
+                continue
+    return total
+
+
+class DownloadWatch:
+    """Reports how much of a download has arrived in ``folder``, every ``every_s`` seconds
+    while it grows: ``download: 34 of about 75 MB``."""
+
+    def __init__(
+        self, folder: Path, expected_mb: int, report: Report, every_s: float = 3.0
+    ) -> None:
+        self.folder = folder
+        self.expected_mb = expected_mb
+        self.report = report
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="download-watch", daemon=True)
+
+    def _run(self) -> None:
+        shown = 0
+        while not self._stop.wait(self.every_s):
+            mb = tree_bytes(self.folder) >> 20
+            if mb > shown:
+                shown = mb
+                self.report(f"download: {mb} of about {self.expected_mb} MB")
+
+    def __enter__(self) -> DownloadWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # --- building -----------------------------------------------------------------------------
