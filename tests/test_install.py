@@ -227,7 +227,10 @@ def test_a_download_reports_what_has_arrived(tmp_path: Path) -> None:
     scratch.mkdir()
     grow = (
         "import os, tempfile, time\n"
-        "with open(os.path.join(tempfile.gettempdir(), 'part'), 'wb') as f:\n"
+        "t = tempfile.gettempdir()\n"
+        "with open(os.path.join(t, 'unpacked.cpp'), 'wb') as f:\n"
+        "    f.write(b'x' * (9 << 20))  # pip unpacks the sdist too: not the download\n"
+        "with open(os.path.join(t, 'llama_cpp_python-0.3.36.tar.gz'), 'wb') as f:\n"
         "    for _ in range(5):\n"
         "        f.write(b'x' * (1 << 20)); f.flush(); time.sleep(0.25)\n"
     )
@@ -242,4 +245,5 @@ def test_a_download_reports_what_has_arrived(tmp_path: Path) -> None:
         )
     shown = [s for s in said if s.startswith("download: ")]
     assert shown and shown[-1] in ("download: 4 of about 75 MB", "download: 5 of about 75 MB")
-    assert install.tree_bytes(scratch) == 5 << 20
+    assert install.tree_bytes(scratch, "*.tar.gz") == 5 << 20
+    assert install.tree_bytes(scratch) == 14 << 20

@@ -8,6 +8,7 @@ so a second run finds them and does nothing.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -338,11 +339,12 @@ def fetch_sdist_tree(version: str, report: Report, log: Path) -> Path:
 SDIST_MB = 75  # about the size of a llama-cpp-python source distribution
 
 
-def tree_bytes(folder: Path) -> int:
-    """Bytes of the files below ``folder`` now (files that vanish meanwhile count 0)."""
+def tree_bytes(folder: Path, pattern: str = "*") -> int:
+    """Bytes of the files below ``folder`` whose names match ``pattern``, now (files that
+    vanish meanwhile count 0)."""
     total = 0
     for root, _, files in os.walk(folder):
-        for name in files:
+        for name in fnmatch.filter(files, pattern):
             try:
                 total += (Path(root) / name).stat().st_size
             except OSError:
@@ -351,13 +353,20 @@ def tree_bytes(folder: Path) -> int:
 
 
 class DownloadWatch:
-    """Reports how much of a download has arrived in ``folder``, every ``every_s`` seconds
-    while it grows: ``download: 34 of about 75 MB``."""
+    """Reports how much of a download (files named ``pattern``: pip also unpacks the sdist
+    beside it, which is not the download) has arrived in ``folder``, every ``every_s``
+    seconds while it grows: ``download: 34 of about 75 MB``."""
 
     def __init__(
-        self, folder: Path, expected_mb: int, report: Report, every_s: float = 3.0
+        self,
+        folder: Path,
+        expected_mb: int,
+        report: Report,
+        every_s: float = 3.0,
+        pattern: str = "*.tar.gz",
     ) -> None:
         self.folder = folder
+        self.pattern = pattern
         self.expected_mb = expected_mb
         self.report = report
         self.every_s = every_s
@@ -367,7 +376,7 @@ class DownloadWatch:
     def _run(self) -> None:
         shown = 0
         while not self._stop.wait(self.every_s):
-            mb = tree_bytes(self.folder) >> 20
+            mb = tree_bytes(self.folder, self.pattern) >> 20
             if mb > shown:
                 shown = mb
                 self.report(f"download: {mb} of about {self.expected_mb} MB")
