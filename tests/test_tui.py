@@ -247,7 +247,10 @@ async def test_profiles_load_and_delete_with_confirmation(
         assert table.get_row_at(0)[1:3] == ["mine", "user"]
         table.move_cursor(row=0)
         app.query_one("#profile-load", Button).press()
-        await pilot.pause(0.3)
+        for _ in range(30):  # the model's message travels up the panes: on a busy box, a while
+            await pilot.pause(0.1)
+            if str(model) in str(app.query_one("#plan-model").render()):
+                break
         assert app.query_one(TabbedContent).active == "plan"
         assert str(model) in str(app.query_one("#plan-model").render())
         # the profile's workload and layout come with it

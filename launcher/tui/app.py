@@ -66,6 +66,9 @@ class LauncherApp(App[None]):
         Binding(
             "f", "show('profiles')", "Profiles", id="profiles", tooltip="Saved and example profiles"
         ),
+        Binding(
+            "l", "launch", "Launch", id="launch", tooltip="Start the layout on the Plan screen"
+        ),
         Binding("q", "quit", "Quit", id="quit"),
         Binding(
             "escape",
@@ -157,7 +160,13 @@ class LauncherApp(App[None]):
         focus; there, letters are typed, and Escape gives the screen keys back."""
         if action == "leave_input":
             return isinstance(self.focused, Input)
+        if action == "launch":  # on the Plan screen, once there is a layout that fits
+            plan = self.query_one(TabbedContent).active == "plan"
+            return plan and not self.query_one("#plan-launch", Button).disabled
         return True
+
+    def action_launch(self) -> None:
+        self.query_one("#plan-launch", Button).press()
 
     def action_leave_input(self) -> None:
         self.screen.set_focus(None)
