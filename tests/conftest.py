@@ -36,12 +36,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def launcher_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh LLAMA_LAUNCHER_HOME for this test; no LLAMA_SERVER unless a test sets one."""
+def launcher_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh LLAMA_LAUNCHER_HOME for this test; no LLAMA_SERVER unless a test sets one.
+    A fleet the test leaves running in it (a test that failed half-way) is stopped after."""
     home = tmp_path / "launcher-home"
     monkeypatch.setenv("LLAMA_LAUNCHER_HOME", str(home))
     monkeypatch.delenv("LLAMA_SERVER", raising=False)
-    return home
+    yield home
+    from launcher.run import daemon, fleet_state  # deferred: most tests never start a fleet
+
+    for fleet in fleet_state.list_fleets():
+        if fleet_state.pid_alive(fleet.supervisor_pid):
+            daemon.stop_fleet(fleet.name, lambda line: None)
 
 
 @pytest.fixture(scope="session")
