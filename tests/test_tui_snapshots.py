@@ -50,6 +50,7 @@ def make_app(tmp_path: Path, model: Path | None = None) -> LauncherApp:
             host=lambda: HOST,
             fleets=lambda: [FLEET],
             server=lambda: ServerTarget("llama-server"),
+            router_port=lambda: 8080,  # the screen shows ports: not whether 8080 is free here
             models_dir=models,
             model_places=lambda: [],
             sample_interval_s=3600,

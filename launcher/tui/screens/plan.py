@@ -157,8 +157,7 @@ class PlanPane(Widget):
         self.query_one("#plan-model", Static).update(f"No model: {why}")
         self.query_one("#plan-layouts", OptionList).clear_options()
         self.query_one("#plan-detail", Static).update("")
-        self.query_one("#plan-launch", Button).disabled = True
-        self.query_one("#plan-save", Button).disabled = True
+        self._can_launch(False)
 
     def set_model(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -251,9 +250,12 @@ class PlanPane(Widget):
         self.query_one("#plan-detail", Static).update(
             f"{reason}\n{memory_bars(layout)}\n{commands}"
         )
-        ok = layout.feasible
+        self._can_launch(layout.feasible)
+
+    def _can_launch(self, ok: bool) -> None:
         self.query_one("#plan-launch", Button).disabled = not ok
         self.query_one("#plan-save", Button).disabled = not ok
+        self.app.refresh_bindings()  # the footer's "l Launch" follows the button
 
     @on(Input.Changed, "#plan-split")
     def _split_changed(self, event: Input.Changed) -> None:
