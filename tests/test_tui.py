@@ -408,3 +408,40 @@ async def test_a_model_that_cannot_be_read_leaves_nothing_to_launch(
         await pilot.pause(0.2)
         assert app.query_one("#plan-launch", Button).disabled
         assert "No model" in text(app, "#plan-model")
+
+
+async def test_save_as_profile_keeps_the_layout_on_screen(
+    model_factory: object, tmp_path: object, launcher_home: object
+) -> None:
+    from pathlib import Path
+
+    from textual.widgets import Button, Input, Select
+
+    from launcher.profiles import hardware, launch
+
+    svc = services(gpu_boxes.four_h100_backend())
+    svc.model_places = lambda: []
+    svc.models_dir = tmp_path  # type: ignore[assignment]
+    svc.router_port = lambda: 9100
+    model: Path = model_factory("llama", "8b", sparse=True)  # type: ignore[operator]
+    app = LauncherApp(svc, model=model)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.pause(0.3)
+        # a plan for cards this box does not have can be saved, not launched
+        app.query_one("#hardware-source", Select).value = str(hardware.resolve("six-2060s-risers"))
+        await pilot.pause(0.2)
+        app.query_one("#plan-users", Input).value = "12"
+        app.query_one("#plan-layout", Select).value = "pooled-layer"
+        app.query_one("#plan-run", Button).press()
+        await pilot.pause(0.2)
+        app.query_one("#plan-profile-name", Input).value = "risers"
+        app.query_one("#plan-save", Button).press()
+        for _ in range(30):
+            await pilot.pause(0.1)
+            if "Saved launch profile" in text(app, "#plan-status"):
+                break
+        assert "Saved launch profile 'risers'" in text(app, "#plan-status")
+    spec = launch.load_launch_profile(launch.resolve("risers"))
+    (group,) = spec.groups
+    assert spec.hardware == "six-2060s-risers" and spec.router.port == 9100
+    assert group.layout == "pooled-layer" and group.users == 12 and len(group.tensor_split) == 6

@@ -107,17 +107,25 @@ def spec_for_layout(
     *,
     name: str | None = None,
     router_port: int = DEFAULT_ROUTER_PORT,
-    settings: ServerSettings = DEFAULT_SETTINGS,
+    launch: bool = True,
 ) -> FleetSpec:
-    """A fleet of one group that runs ``layout`` as planned (the Plan screen's Launch)."""
-    if inventory.source != "nvml":
+    """A fleet of one group that runs ``layout`` as planned: the Plan screen's Launch, or
+    (``launch=False``) its "Save as profile", which may be for a hardware profile's cards and
+    then names that hardware."""
+    profile = None if inventory.source == "nvml" else inventory.source.split(":", 1)[-1]
+    if launch and profile is not None:
         raise LauncherError(
-            f"This plan is for {inventory.source.replace('profile:', 'hardware profile ')}, "
-            "whose cards are not in this box; pick 'This box' on the Hardware screen and plan "
-            "again to launch, or save it as a launch profile."
+            f"This plan is for hardware profile {profile}, whose cards are not in this box; "
+            "pick 'This box' on the Hardware screen and plan again to launch, or save it as a "
+            "launch profile."
         )
-    group = group_from_layout(model, layout, workload, inventory, settings=settings)
-    return FleetSpec(check_name(name or group.name), (group,), RouterSpec(port=router_port))
+    group = group_from_layout(model, layout, workload, inventory)
+    return FleetSpec(
+        check_name(name or group.name, "fleet" if launch else "profile"),
+        (group,),
+        RouterSpec(port=router_port),
+        hardware=profile,
+    )
 
 
 def router_port(preferred: int = DEFAULT_ROUTER_PORT) -> int:
@@ -398,17 +406,8 @@ def save_profile(
     return launch.save_launch_profile(spec, force=force), spec
 
 
-def save_layout(
-    name: str, model: ModelSpec, layout: Layout, workload: Workload, inventory: Inventory
-) -> Path:
-    """The Plan screen's "Save as profile": one planned layout as launch profile ``name``
-    (for a hardware profile's cards too: the profile then names that hardware)."""
-    group = group_from_layout(model, layout, workload, inventory)
-    hardware_name = None if inventory.source == "nvml" else inventory.source.split(":", 1)[-1]
-    port = layout.processes[0].port - 1 if layout.processes else DEFAULT_ROUTER_PORT
-    spec = FleetSpec(
-        check_name(name, "profile"), (group,), RouterSpec(port=port), hardware=hardware_name
-    )
+def save_planned(spec: FleetSpec) -> Path:
+    """Save a fleet spec (``spec_for_layout(..., launch=False)``) as a new launch profile."""
     return launch.save_launch_profile(spec)
 
 

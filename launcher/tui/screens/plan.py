@@ -314,7 +314,16 @@ class PlanPane(Widget):
             self.app.call_from_thread(status.update, "Give the profile a name first.")
             return
         try:
-            path = fleet.save_layout(name, self.spec, layout, self.planned_workload, self.inventory)
+            spec = fleet.spec_for_layout(
+                self.spec,
+                layout,
+                self.planned_workload,
+                self.inventory,
+                name=name,
+                router_port=self.planned_port,
+                launch=False,
+            )
+            path = fleet.save_planned(spec)
         except LauncherError as err:
             self.app.call_from_thread(status.update, str(err))
             return
