@@ -24,6 +24,7 @@ from launcher.gpu.inventory import Inventory
 from launcher.llamacpp.args import ServerArgs
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec, read_model_spec
+from launcher.plan.box import ModelRequest, plan_box
 from launcher.plan.layouts import Layout, select_cards, with_tensor_split
 from launcher.plan.workload import Workload
 from launcher.profiles import launch
@@ -43,6 +44,7 @@ from launcher.spec.fleet import (
     WorkerSpec,
     check_name,
     name_from_model,
+    unique_name,
 )
 
 Say = Callable[[str], None]
@@ -51,14 +53,19 @@ Say = Callable[[str], None]
 # --- specs from plans -------------------------------------------------------------------------
 
 
-def _with_settings(args: ServerArgs, settings: ServerSettings) -> ServerArgs:
-    """A planned worker with the group's own llama-server settings."""
+def _with_settings(args: ServerArgs, settings: ServerSettings, kind: str) -> ServerArgs:
+    """A planned worker with the group's own llama-server settings and its kind's endpoint."""
     if not settings.flash_attn and args.kv_type != "f16":
         raise LauncherError(
             f"A {args.kv_type} KV cache needs flash attention; set "
             'server.flash_attn = true or kv_type = "f16".'
         )
-    return args.replace(flash_attn=settings.flash_attn, extra=settings.extra_args)
+    return args.replace(
+        flash_attn=settings.flash_attn,
+        extra=settings.extra_args,
+        embeddings=kind == "embedding",
+        reranking=kind == "rerank",
+    )
 
 
 def group_from_layout(
@@ -79,10 +86,11 @@ def group_from_layout(
     by_index = {c.index: c for c in inventory.local.cards}
     used = [by_index[i] for p in layout.processes for i in p.cards if i in by_index]
     settings = replace(settings, kv_type=workload.kv_type)
-    workers = tuple(
-        WorkerSpec(_with_settings(p.args, settings), dict(p.env), p.cards) for p in layout.processes
-    )
     group = base or GroupSpec(name=name or name_from_model(model.path), model=str(model.path))
+    workers = tuple(
+        WorkerSpec(_with_settings(p.args, settings, group.kind), dict(p.env), p.cards)
+        for p in layout.processes
+    )
     return replace(
         group,
         name=name or group.name,
@@ -144,14 +152,15 @@ class UpRequest:
     target: str  # a .gguf model or a launch profile (name or path)
     layout: str | None = None
     cards: tuple[str, ...] = ()
-    users: int | None = None
-    ctx: int | None = None
+    users: tuple[int, ...] = ()  # one value for every group, or one per group
+    ctx: tuple[int, ...] = ()
     kv_type: str | None = None
     goal: str | None = None
     port: int | None = None
     name: str | None = None
     replan: bool = False
     llama_server: str | None = None
+    more_models: tuple[str, ...] = ()  # ``up A.gguf B.gguf ...``: a fleet of several models
 
 
 @dataclass(frozen=True)
@@ -167,30 +176,49 @@ def is_model_path(target: str) -> bool:
 
 
 def requested_spec(request: UpRequest) -> FleetSpec:
-    """The fleet spec ``request`` names, with its options applied, not yet planned."""
-    if is_model_path(request.target):
-        model = str(Path(request.target).expanduser().resolve())
-        group = GroupSpec(name=name_from_model(model), model=model)
-        spec = FleetSpec(group.name, (group,))
+    """The fleet spec ``request`` names, with its options applied, not yet planned. A layout
+    or cards given on the command line apply to a one-group fleet; with several groups they
+    constrain the box plan (``prepare_up``)."""
+    targets = (request.target, *request.more_models)
+    if all(is_model_path(t) for t in targets):
+        groups: list[GroupSpec] = []
+        for t in targets:
+            model = str(Path(t).expanduser().resolve())
+            name = unique_name(name_from_model(model), [g.name for g in groups])
+            groups.append(GroupSpec(name=name, model=model))
+        spec = FleetSpec(groups[0].name, tuple(groups))
+    elif request.more_models:
+        raise LauncherError(
+            "Give 'up' one launch profile, or one or more .gguf models; to add models to a "
+            "profile, add [[groups]] to it."
+        )
     else:
         spec = launch.load_launch_profile(launch.resolve(request.target))
-    group = spec.groups[0]
-    if request.layout:
-        group = replace(group, layout=request.layout, cards=(), pci_bus_ids=(), tensor_split=())
-    if request.cards:
-        group = replace(group, cards=request.cards, pci_bus_ids=(), tensor_split=())
-    group = replace(
-        group,
-        users=request.users or group.users,
-        ctx=request.ctx or group.ctx,
-        goal=request.goal or group.goal,
-        server=replace(group.server, kv_type=request.kv_type or group.server.kv_type),
-    )
+    count = len(spec.groups)
+    users = planning.per_model(request.users, count, "--users")
+    ctxs = planning.per_model(request.ctx, count, "--ctx")
+    changed = []
+    for group, u, c in zip(spec.groups, users, ctxs, strict=True):
+        if count == 1 and request.layout:
+            group = replace(group, layout=request.layout, cards=(), pci_bus_ids=(), tensor_split=())
+        elif request.layout and group.layout == "auto":
+            group = replace(group, layout=request.layout)
+        if count == 1 and request.cards:
+            group = replace(group, cards=request.cards, pci_bus_ids=(), tensor_split=())
+        changed.append(
+            replace(
+                group,
+                users=u or group.users,
+                ctx=c or group.ctx,
+                goal=request.goal or group.goal,
+                server=replace(group.server, kv_type=request.kv_type or group.server.kv_type),
+            )
+        )
     router = replace(spec.router, port=request.port or spec.router.port)
     return replace(
         spec,
         name=check_name(request.name or spec.name),
-        groups=(group, *spec.groups[1:]),
+        groups=tuple(changed),
         router=router,
     )
 
@@ -198,28 +226,123 @@ def requested_spec(request: UpRequest) -> FleetSpec:
 def prepare_up(request: UpRequest) -> PreparedFleet:
     """The spec ``up`` runs: the profile or model with the options, planned once."""
     spec = requested_spec(request)
-    return plan_spec(spec, llama_server=request.llama_server, replan=request.replan)
+    box_cards = request.cards if len(spec.groups) > 1 else ()
+    return plan_spec(
+        spec, llama_server=request.llama_server, replan=request.replan, box_cards=box_cards
+    )
 
 
-def plan_spec(spec: FleetSpec, *, llama_server: str | None, replan: bool) -> PreparedFleet:
+def plan_spec(
+    spec: FleetSpec,
+    *,
+    llama_server: str | None,
+    replan: bool,
+    box_cards: tuple[str, ...] = (),
+) -> PreparedFleet:
     """Plan every group of ``spec`` on this box: what a group gives (layout, cards, split,
     users, ctx) is used as given; what it leaves out is planned, and said. ``replan`` keeps
-    only each group's layout kind and settings and says what changed."""
-    if len(spec.groups) > 1:
-        raise LauncherError(
-            f"Fleet '{spec.name}' has {len(spec.groups)} model groups; this version runs one "
-            "group per fleet: give each group a profile of its own and start each on its port."
-        )
+    only each group's layout kind and settings and says what changed. Several groups share
+    the box as the box planner places them (``plan.box``), on ``box_cards`` when given;
+    workers get the ports above the router's in the order of the groups."""
+    problems = spec.problems()
+    if problems:
+        raise LauncherError(f"Fleet '{spec.name}': {' '.join(problems)}")
     box = hardware.inventory()
     option = llama_server or spec.groups[0].server.llama_server
     target = server.required_target(option)
     lines: list[str] = []
-    groups = []
+    groups: list[GroupSpec] = []
+    if len(spec.groups) > 1:
+        groups, lines = _plan_box(spec, box, target, replan, box_cards)
+    else:
+        for group in spec.groups:
+            planned, said = _plan_group(group, box, target, spec, replan)
+            groups.append(planned)
+            lines += said
+    numbered = _number_ports(groups, spec.router.port)
+    return PreparedFleet(replace(spec, groups=numbered), tuple(lines))
+
+
+def _plan_box(
+    spec: FleetSpec,
+    box: Inventory,
+    target: ServerTarget,
+    replan: bool,
+    box_cards: tuple[str, ...] = (),
+) -> tuple[list[GroupSpec], list[str]]:
+    """Several groups on this box, placed by the box planner: a group's given cards are kept
+    (unless ``replan``), the others go where the plan puts them; groups that cannot be
+    resident beside the others load on demand, and one that fits nowhere stops ``up``."""
+    requests: list[ModelRequest] = []
+    models: dict[str, ModelSpec] = {}
     for group in spec.groups:
-        planned, said = _plan_group(group, box, target, spec, replan)
+        model = read_model_spec(Path(group.model).expanduser())
+        models[group.name] = model
+        cards = () if replan else _cards_here(group, box, spec.name)
+        workload = planning.model_workload(
+            model,
+            box.local,
+            group.users,
+            group.ctx,
+            kv_type=group.server.kv_type,
+            goal=group.goal,
+            cards=cards or box_cards,
+        )
+        requests.append(
+            ModelRequest(
+                group.name,
+                model,
+                workload,
+                group.layout,
+                fixed_cards=bool(cards),
+                on_demand=group.on_demand,
+            )
+        )
+    goal = spec.groups[0].goal
+    result = plan_box(requests, box, target, goal, spec.router.port)
+    best = result.best
+    if best is None or best.missing:
+        raise LauncherError(
+            "The groups do not fit on this box together: "
+            + " ".join(best.missing if best else ("nothing fits",))
+        )
+    lines = [f"Box plan: {best.reason}"]
+    groups = []
+    for group, request in zip(spec.groups, requests, strict=True):
+        placed = best.placement(group.name)
+        assert placed is not None
+        layout = placed.layout
+        if group.tensor_split and not replan and group.tensor_split != layout.tensor_split:
+            layout = with_tensor_split(
+                models[group.name], layout, group.tensor_split, request.workload
+            )
+        planned = group_from_layout(
+            models[group.name], layout, request.workload, box, base=group, settings=group.server
+        )
+        planned = replace(
+            planned,
+            on_demand=placed.on_demand,
+            exclusive_with=group.exclusive_with or placed.exclusive_with,
+        )
+        if placed.on_demand and not group.on_demand:
+            lines.append(f"Group {group.name} loads on demand: it does not fit beside the others.")
+        if replan:
+            lines += _changes(group, planned)
         groups.append(planned)
-        lines += said
-    return PreparedFleet(replace(spec, groups=tuple(groups)), tuple(lines))
+    return groups, lines
+
+
+def _number_ports(groups: list[GroupSpec], router_port: int) -> tuple[GroupSpec, ...]:
+    """Every worker of the fleet on its own port: router port + 1, + 2 ... in group order."""
+    out = []
+    port = router_port
+    for g in groups:
+        workers = []
+        for w in g.workers:
+            port += 1
+            workers.append(w.with_port(port))
+        out.append(replace(g, workers=tuple(workers)))
+    return tuple(out)
 
 
 def _plan_group(
@@ -403,6 +526,47 @@ def save_profile(
     )
     if not request.hardware:
         spec = plan_spec(spec, llama_server=request.llama_server, replan=False).spec
+    return launch.save_launch_profile(spec, force=force), spec
+
+
+def save_box_profile(
+    name: str, request: planning.BoxRequest, *, force: bool = False
+) -> tuple[Path, FleetSpec]:
+    """``profile save NAME --model A --model B ...``: the box plan of several models on this
+    box (for a hardware profile: the request, planned by ``up`` on the box that has it),
+    saved as launch profile ``name`` with one group per model."""
+    count = len(request.models)
+    users = planning.per_model(request.users, count, "--users")
+    ctxs = planning.per_model(request.ctx, count, "--ctx")
+    groups: list[GroupSpec] = []
+    for path, u, c in zip(request.models, users, ctxs, strict=True):
+        model = str(path.expanduser().resolve())
+        groups.append(
+            GroupSpec(
+                name=unique_name(name_from_model(model), [g.name for g in groups]),
+                model=model,
+                layout=request.layout,
+                users=u,
+                ctx=c,
+                goal=request.goal,
+                server=ServerSettings(kv_type=request.kv_type, llama_server=request.llama_server),
+            )
+        )
+    spec = FleetSpec(
+        check_name(name, "profile"),
+        tuple(groups),
+        RouterSpec(port=request.router_port),
+        hardware=request.hardware,
+    )
+    if not request.hardware:
+        box_cards = request.cards
+        if request.exclude_cards:
+            box = hardware.inventory()
+            excluded = Workload(exclude_cards=request.exclude_cards)
+            box_cards = tuple(c.uuid or str(c.index) for c in select_cards(box.local, excluded))
+        spec = plan_spec(
+            spec, llama_server=request.llama_server, replan=False, box_cards=box_cards
+        ).spec
     return launch.save_launch_profile(spec, force=force), spec
 
 

@@ -13,9 +13,11 @@ from launcher.gpu.inventory import Host, Inventory
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec, read_mmproj_bytes, read_model_spec
 from launcher.plan.advisor import Plan, plan
+from launcher.plan.box import BoxResult, ModelRequest, plan_box
 from launcher.plan.layouts import DEFAULT_ROUTER_PORT, select_cards
 from launcher.plan.workload import DEFAULT_CTX, DEFAULT_USERS_PER_WORKER, Workload
 from launcher.run.verify import DeviceEstimate, run_fit_params
+from launcher.spec.fleet import name_from_model, unique_name
 
 
 def default_users(host: Host, cards: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> int:
@@ -230,3 +232,105 @@ def verify(outcome: PlanOutcome, llama_server: str | None) -> Verification:
             )
         hosts += [e for e in estimates if e.device == "Host"]
     return Verification(best.layout.kind, tuple(checks), tuple(hosts), best.layout.host_bytes)
+
+
+# --- several models: the box planner ------------------------------------------------------------
+
+
+def per_model(values: tuple[int, ...], count: int, option: str) -> list[int | None]:
+    """``--users 8,32,4``: one value for every model, or one per model (none: defaults)."""
+    if not values:
+        return [None] * count
+    if len(values) == 1:
+        return [values[0]] * count
+    if len(values) != count:
+        raise LauncherError(
+            f"{option} has {len(values)} values for {count} models; give one value for all, "
+            "or one per model in the order of the models."
+        )
+    return list(values)
+
+
+@dataclass(frozen=True)
+class BoxRequest:
+    """``plan A.gguf B.gguf ...``: several models on one box; ``users`` and ``ctx`` hold one
+    value for all or one per model; layout, cards, KV type and goal constrain the whole
+    plan."""
+
+    models: tuple[Path, ...]
+    users: tuple[int, ...] = ()
+    ctx: tuple[int, ...] = ()
+    hardware: str | None = None
+    kv_type: str = "f16"
+    goal: str = "throughput"
+    layout: str = "auto"
+    cards: tuple[str, ...] = ()
+    exclude_cards: tuple[str, ...] = ()
+    llama_server: str | None = None
+    router_port: int = DEFAULT_ROUTER_PORT
+
+
+@dataclass(frozen=True)
+class BoxOutcome:
+    """A box plan and the hardware and server it is for."""
+
+    result: BoxResult
+    inventory: Inventory
+    server: ServerTarget
+    server_note: str
+
+    def to_json(self) -> dict[str, object]:
+        data = self.result.to_json()
+        data["hardware"] = self.inventory.source
+        return data
+
+
+def model_workload(
+    model: ModelSpec,
+    host: Host,
+    users: int | None,
+    ctx: int | None,
+    *,
+    kv_type: str = "f16",
+    goal: str = "throughput",
+    cards: tuple[str, ...] = (),
+    exclude_cards: tuple[str, ...] = (),
+) -> Workload:
+    """One model's workload in a box of several: as ``default_workload``, but with no users
+    given a model gets 4 (one worker's worth), not 4 per card: the cards are shared."""
+    return default_workload(
+        model,
+        host,
+        users=users or DEFAULT_USERS_PER_WORKER,
+        ctx=ctx,
+        kv_type=kv_type,
+        goal=goal,
+        cards=cards,
+        exclude_cards=exclude_cards,
+    )
+
+
+def plan_models(request: BoxRequest) -> BoxOutcome:
+    """``plan`` with several models: read them, take the hardware, place them on the box."""
+    box = hardware.inventory(request.hardware)
+    target, note = server.target(request.llama_server, box)
+    count = len(request.models)
+    users = per_model(request.users, count, "--users")
+    ctxs = per_model(request.ctx, count, "--ctx")
+    requests: list[ModelRequest] = []
+    for path, u, c in zip(request.models, users, ctxs, strict=True):
+        model = read_model_spec(path)
+        name = unique_name(name_from_model(path), [r.name for r in requests])
+        workload = model_workload(
+            model,
+            box.local,
+            u,
+            c,
+            kv_type=request.kv_type,
+            goal=request.goal,
+            cards=request.cards,
+            exclude_cards=request.exclude_cards,
+        )
+        requests.append(ModelRequest(name, model, workload, request.layout))
+    result = plan_box(requests, box, target, request.goal, request.router_port)
+    return BoxOutcome(result, box, target, note)

@@ -17,7 +17,7 @@ import aiohttp
 from launcher.errors import LauncherError
 from launcher.llamacpp.poll import POLL_INTERVAL_S, WorkerPoller
 from launcher.router.balancer import Member
-from launcher.router.server import Router, RouterConfig, require_key_for
+from launcher.router.server import Router, RouterConfig, one_group, require_key_for
 from launcher.run.supervisor import env_key
 
 
@@ -64,7 +64,7 @@ def serve(request: RouteRequest, say: Callable[[str], None]) -> int:
     )
 
     async def main() -> None:
-        router = Router(servers, config)
+        router = Router(one_group(servers), config)
         pollers = {m.name: WorkerPoller(m.url, m.api_key) for m in servers}
         async with aiohttp.ClientSession() as session:
 

@@ -47,7 +47,7 @@ def _up(model: Path, workers: int, port: int) -> tuple[float, list[float], list[
     """Start ``cpu:workers`` detached; (fleet up in s, each worker healthy at s, worker URLs)."""
     name = f"b{workers}"
     request = fleet.UpRequest(
-        str(model), layout=f"cpu:{workers}", users=workers, ctx=512, port=port, name=name
+        str(model), layout=f"cpu:{workers}", users=(workers,), ctx=(512,), port=port, name=name
     )
     prepared = fleet.prepare_up(request)
     if fleet.start(prepared.spec, detach=True, say=lambda line: None) != 0:

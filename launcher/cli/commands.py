@@ -88,13 +88,22 @@ def cmd_hardware_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one(values: tuple[int, ...] | None, option: str) -> int | None:
+    """The value of ``--users``/``--ctx`` for one model."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise LauncherError(f"{option} has {len(values)} values for one model; give one.")
+    return values[0]
+
+
 def _plan_request(args: argparse.Namespace, model: str) -> planning.PlanRequest:
     """The plan options (``parser._plan_options``) as a request."""
     return planning.PlanRequest(
         model=Path(model),
         hardware=args.hardware,
-        users=args.users,
-        ctx=args.ctx,
+        users=_one(args.users, "--users"),
+        ctx=_one(args.ctx, "--ctx"),
         kv_type=args.kv_type,
         goal=args.goal,
         layout=args.layout,
@@ -106,10 +115,39 @@ def _plan_request(args: argparse.Namespace, model: str) -> planning.PlanRequest:
     )
 
 
+def _box_request(args: argparse.Namespace, paths: list[str]) -> planning.BoxRequest:
+    """The plan options for several models as a box request."""
+    if args.mmproj:
+        raise LauncherError("--mmproj applies to one model; give it in a launch profile.")
+    return planning.BoxRequest(
+        models=tuple(Path(m) for m in paths),
+        users=args.users or (),
+        ctx=args.ctx or (),
+        hardware=args.hardware,
+        kv_type=args.kv_type,
+        goal=args.goal,
+        layout=args.layout,
+        cards=parse_card_list(args.cards),
+        exclude_cards=parse_card_list(args.exclude_cards),
+        llama_server=args.llama_server,
+        router_port=args.port or DEFAULT_ROUTER_PORT,
+    )
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    if not args.model:
+    if not args.models:
         raise models.no_model_given("plan")
-    outcome = planning.plan_model(_plan_request(args, args.model))
+    if len(args.models) > 1:
+        if args.verify:
+            raise LauncherError("--verify checks one model; plan it alone with --verify.")
+        box = planning.plan_models(_box_request(args, args.models))
+        if args.json:
+            print(json.dumps(box.to_json(), indent=2))
+        else:
+            render.print_box_plan(box)
+        best = box.result.best
+        return 0 if best is not None and not best.missing else 3
+    outcome = planning.plan_model(_plan_request(args, args.models[0]))
     if args.json:
         print(json.dumps(outcome.to_json(), indent=2))
     else:
@@ -121,15 +159,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    if not args.target:
+    if not args.targets:
         raise models.no_model_given("up")
     prepared = fleet.prepare_up(
         fleet.UpRequest(
-            target=args.target,
+            target=args.targets[0],
+            more_models=tuple(args.targets[1:]),
             layout=args.layout,
             cards=parse_card_list(args.cards),
-            users=args.users,
-            ctx=args.ctx,
+            users=args.users or (),
+            ctx=args.ctx or (),
             kv_type=args.kv_type,
             goal=args.goal,
             port=args.port,
@@ -192,8 +231,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_save(args: argparse.Namespace) -> int:
-    path, spec = fleet.save_profile(args.name, _plan_request(args, args.model), force=args.force)
-    print(f"Saved launch profile '{args.name}' ({spec.groups[0].layout}): {path}")
+    if len(args.model) > 1:
+        path, spec = fleet.save_box_profile(
+            args.name, _box_request(args, args.model), force=args.force
+        )
+    else:
+        path, spec = fleet.save_profile(
+            args.name, _plan_request(args, args.model[0]), force=args.force
+        )
+    groups = ", ".join(f"{g.name} ({g.layout})" for g in spec.groups)
+    print(f"Saved launch profile '{args.name}', {groups}: {path}")
     return 0
 
 

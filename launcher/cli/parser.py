@@ -10,13 +10,33 @@ from launcher.llamacpp.args import KV_TYPES
 from launcher.plan.workload import GOALS
 
 
+def numbers(text: str) -> tuple[int, ...]:
+    """``--users 8`` or ``--users 8,32,4`` (one per model)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a whole number or a comma-separated list of them (e.g. 8,32,4)"
+        ) from None
+    return values
+
+
 def _plan_options(p: argparse.ArgumentParser, hardware_help: str) -> None:
     """The options of a plan (``plan`` and ``profile save``): ``PlanRequest``'s fields."""
     p.add_argument("--hardware", metavar="NAME|PATH", help=hardware_help)
     p.add_argument(
-        "--users", type=int, help="concurrent users = slots in total (default: 4 per card)"
+        "--users",
+        type=numbers,
+        metavar="N[,N...]",
+        help="concurrent users = slots in total (default: 4 per card; with several models 4 "
+        "each); one value for every model or one per model",
     )
-    p.add_argument("--ctx", type=int, help="context per user (default 4096 or the model's)")
+    p.add_argument(
+        "--ctx",
+        type=numbers,
+        metavar="N[,N...]",
+        help="context per user (default 4096 or the model's); one value or one per model",
+    )
     p.add_argument(
         "--kv-type", choices=KV_TYPES, default="f16", help="KV cache type (f16; q8_0 halves it)"
     )
@@ -100,8 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=commands.cmd_make_model)
 
-    p = sub.add_parser("plan", help="rank the layouts for a model on this box or a profile")
-    p.add_argument("model", metavar="MODEL.gguf", nargs="?", help="(none: lists the models here)")
+    p = sub.add_parser(
+        "plan", help="rank the layouts for a model (or a box of several) on this box or a profile"
+    )
+    p.add_argument(
+        "models",
+        metavar="MODEL.gguf",
+        nargs="*",
+        help="one model, or several to place on one box (none: lists the models here)",
+    )
     _plan_options(p, "plan for a hardware profile")
     p.add_argument(
         "--port", type=int, help="router port the commands are for (8080); workers above it"
@@ -117,14 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", metavar="NAME|PATH", help="show a hardware profile instead")
     p.set_defaults(handler=commands.cmd_gpus)
 
-    p = sub.add_parser("up", help="start a fleet from a model or a launch profile")
+    p = sub.add_parser("up", help="start a fleet from a launch profile or one or more models")
     p.add_argument(
-        "target", metavar="PROFILE|MODEL.gguf", nargs="?", help="(none: lists the models here)"
+        "targets",
+        metavar="PROFILE|MODEL.gguf",
+        nargs="*",
+        help="a launch profile, or models (several: one group each; none: lists the models)",
     )
     p.add_argument("--layout", metavar="KIND", help="override the layout (default: the best)")
     p.add_argument("--cards", metavar="LIST", help="cards to use: indices or UUIDs")
-    p.add_argument("--users", type=int, help="concurrent users = slots in total")
-    p.add_argument("--ctx", type=int, help="context per user")
+    p.add_argument(
+        "--users",
+        type=numbers,
+        metavar="N[,N...]",
+        help="concurrent users = slots in total; one value or one per group",
+    )
+    p.add_argument(
+        "--ctx", type=numbers, metavar="N[,N...]", help="context per user; one or one per group"
+    )
     p.add_argument("--kv-type", choices=KV_TYPES, help="KV cache type (default: the profile's)")
     p.add_argument("--goal", choices=GOALS, help="what the plan ranks layouts by")
     p.add_argument(
@@ -173,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr_sub = pr.add_subparsers(title="profile commands", metavar="ACTION", required=True)
     p = pr_sub.add_parser("save", help="plan and save a launch profile")
     p.add_argument("name", metavar="NAME", help="the profile's name (letters, digits, - _ .)")
-    p.add_argument("--model", required=True, metavar="MODEL.gguf", help="the model to run")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        metavar="MODEL.gguf",
+        help="the model to run; repeat it for a fleet of several (the box plan is saved)",
+    )
     _plan_options(p, "for another box (saved without planning)")
     p.add_argument("--port", type=int, help="router port (8080); workers above it")
     p.add_argument("--force", action="store_true", help="replace an existing profile")

@@ -6,7 +6,7 @@ import sys
 import time
 
 from launcher.app.fleet import FleetState
-from launcher.app.planning import PlanOutcome, Verification
+from launcher.app.planning import BoxOutcome, PlanOutcome, Verification
 from launcher.bench.load import LoadResult
 from launcher.gpu.findings import Finding
 from launcher.gpu.inventory import Inventory
@@ -158,6 +158,57 @@ def print_plan(outcome: PlanOutcome) -> None:
         print(line)
     for line in outcome.notes:
         print(line)
+
+
+def print_box_plan(outcome: BoxOutcome) -> None:
+    """``plan A B C``: the whole-box options, each with its groups, card map and commands."""
+    result = outcome.result
+    print(
+        f"Hardware: {_hardware(outcome.inventory)} ({result.host_name}); "
+        f"server: {outcome.server_note}"
+    )
+    for r in result.requests:
+        m, w = r.spec, r.workload
+        print(
+            f"Model {r.name}: {m.arch}, {m.parameters / 1e9:.1f}B, "
+            f"{m.weights_bytes / 2**30:.2f} GiB; {w.users} user(s) x {w.ctx} tokens, "
+            f"KV {w.kv_type}"
+        )
+    print(f"Goal: {result.goal}\n")
+    cards = {c.index: c for c in outcome.inventory.local.cards}
+    for plan in result.plans:
+        print(f"{plan.rank}. {plan.reason}")
+        print(
+            f"   {'group':<20} {'layout':<14} {'cards':<12} {'slots':>5} {'single':>8} "
+            f"{'aggregate':>10}  tok/s"
+        )
+        for p in plan.placements:
+            t = p.throughput
+            where = ",".join(map(str, p.cards)) or "CPU"
+            slots = sum(x.slots for x in p.layout.processes)
+            print(
+                f"   {p.name[:20]:<20} {p.layout.kind:<14} {where[:12]:<12} {slots:>5} "
+                f"{t.single_user_tok_s:>8.1f} {t.aggregate_tok_s:>10.0f}"
+                + ("  on demand" if p.on_demand else "")
+            )
+        used: dict[int, list[str]] = {}
+        for p in plan.placements:
+            for c in p.layout.cards:
+                used.setdefault(c.card, []).append(
+                    f"{p.name} {c.total_bytes / 2**30:.1f}" + ("*" if p.on_demand else "")
+                )
+        for index, parts in sorted(used.items()):
+            total = cards[index].memory_total_bytes / 2**30 if index in cards else 0
+            print(f"   card {index} ({total:.0f} GiB): {', '.join(parts)} GiB")
+        if any(p.on_demand for p in plan.placements):
+            print("   * loaded on demand")
+        if plan.rank == 1:
+            for p in plan.placements:
+                for proc in p.layout.processes:
+                    print(f"   $ {command_line(proc.env, proc.argv)}")
+        print()
+    if not result.plans:
+        print("No way to run these models together on this box.")
 
 
 def command_line(env: dict[str, str], argv: tuple[str, ...]) -> str:

@@ -103,6 +103,8 @@ class ServerArgs:
     fit_off: bool = False  # --fit off, so that what runs is what was planned
     threads: int | None = None  # -t
     mmproj: str | None = None
+    embeddings: bool = False  # an embedding model's worker: --embeddings (/v1/embeddings only)
+    reranking: bool = False  # a reranker's worker: --reranking (/v1/rerank)
     defaults: tuple[str, ...] = ()  # the launcher's own choices over llama.cpp's (default_flags)
     extra: tuple[str, ...] = ()  # a profile's extra llama-server flags, after everything else
 
@@ -147,6 +149,10 @@ class ServerArgs:
             argv += ["-t", str(self.threads)]
         if self.mmproj:
             argv += ["--mmproj", self.mmproj]
+        if self.embeddings:
+            argv.append("--embeddings")
+        if self.reranking:
+            argv.append("--reranking")
         return (*argv, *self.extra)
 
     def replace(self, **changes: Any) -> ServerArgs:

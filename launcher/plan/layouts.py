@@ -296,12 +296,15 @@ def per_card(ctx: _Ctx) -> Layout:
     aggregate = sum(u / step(u) for u, step in zip(users, steps, strict=True) if u > 0)
     stage0 = _stages(ctx, [fitting[0][0]], [memories[0]])
     pp = perf.prompt_tok_s(stage0, ctx.spec.n_embd, ctx.spec.n_layer, False, w.n_ubatch)
+    # the users of the skipped cards moved to the others: they must still fit
+    problem = _fit_problem(memories)
     return Layout(
         "per-card",
         tuple(processes),
         tuple(memories),
         host,
         Throughput(single, aggregate, pp),
+        problem=f"with {users[0]} users per card, {problem}" if problem else None,
         notes=tuple(skipped),
     )
 

@@ -21,16 +21,20 @@ from launcher.plan.workload import GOALS
 from launcher.profiles import store
 from launcher.spec.fleet import (
     DEFAULT_SETTINGS,
+    DEFAULT_TTL_S,
     GROUP_KINDS,
     LAYOUT_PATTERN,
     LAYOUT_WORDS,
     NAME_PATTERN,
+    NO_ROUTE,
     FleetSpec,
+    GroupRoute,
     GroupSpec,
     RemoteMember,
     RouterSpec,
     ServerSettings,
     name_from_model,
+    unique_name,
 )
 
 KIND = "launch"
@@ -66,9 +70,20 @@ _GROUP = {
     "ctx",
     "goal",
     "server",
+    "route",
+    "on_demand",
+    "ttl_s",
+    "exclusive_with",
+}
+_ROUTE = {
+    "overflow_to",
+    "overflow_queue",
+    "overflow_wait_s",
+    "short_to",
+    "short_prompt_tokens",
 }
 _ROUTER = {"enabled", "host", "port", "api_key_env", "affinity", "members", "default_model"}
-_MEMBER = {"url", "weight", "api_key_env"}
+_MEMBER = {"url", "weight", "api_key_env", "group"}
 
 
 class _Check:
@@ -189,6 +204,25 @@ class _Check:
             mmproj=self.typed(table, "mmproj", str, where, "a path") or base.mmproj,
         )
 
+    def seconds(self, table: dict[str, Any], key: str, where: str) -> float | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise self.fail(f"{where}{key}", f"= {value!r}: must be a number of seconds above 0.")
+        return float(value)
+
+    def route(self, table: dict[str, Any], where: str) -> GroupRoute:
+        r = self.keys(table, _ROUTE, where[:-1])
+        overflow_queue = self.count(r, "overflow_queue", where, 0)
+        return GroupRoute(
+            overflow_to=self.typed(r, "overflow_to", str, where, "a group name"),
+            overflow_queue=NO_ROUTE.overflow_queue if overflow_queue is None else overflow_queue,
+            overflow_wait_s=self.seconds(r, "overflow_wait_s", where),
+            short_to=self.typed(r, "short_to", str, where, "a group name"),
+            short_prompt_tokens=self.count(r, "short_prompt_tokens", where, 1),
+        )
+
     def router(self, data: dict[str, Any]) -> RouterSpec:
         r = self.keys(data.get("router", {}), _ROUTER, "router")
         host = self.typed(r, "host", str, "router.", "an address") or "127.0.0.1"
@@ -213,7 +247,12 @@ class _Check:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
                 raise self.fail(f"{where}weight", f"= {weight!r}: must be above 0.")
             members.append(
-                RemoteMember(url, float(weight), self.typed(m, "api_key_env", str, where, "a name"))
+                RemoteMember(
+                    url,
+                    float(weight),
+                    self.typed(m, "api_key_env", str, where, "a name"),
+                    self.typed(m, "group", str, where, "a group name"),
+                )
             )
         return RouterSpec(
             enabled=self.flag(r, "enabled", "router.", True),
@@ -289,7 +328,7 @@ def _format_2(c: _Check, data: dict[str, Any]) -> FleetSpec:
             if name in taken:
                 raise c.fail(f"{where}name", f"= {name!r} is already a group of this fleet.")
         else:
-            name = _unique(name_from_model(model), taken)
+            name = unique_name(name_from_model(model), taken)
         aliases = c.strings(g, "aliases", where)
         for alias in aliases:
             if not alias.isprintable() or not 0 < len(alias) <= 128:
@@ -310,34 +349,24 @@ def _format_2(c: _Check, data: dict[str, Any]) -> FleetSpec:
                 server=c.server(
                     c.keys(g.get("server", {}), _SERVER_2, f"{where}server"), f"{where}server."
                 ),
+                route=c.route(g.get("route", {}), f"{where}route."),
+                on_demand=c.flag(g, "on_demand", where, False),
+                ttl_s=c.seconds(g, "ttl_s", where) or DEFAULT_TTL_S,
+                exclusive_with=c.strings(g, "exclusive_with", where),
             )
         )
     name = c.typed(data, "name", str, "", "a string") or groups[0].name
-    router = c.router(data)
-    names = {g.name for g in groups} | {a for g in groups for a in g.aliases}
-    if router.default_model is not None and router.default_model not in names:
-        raise c.fail(
-            "router.default_model",
-            f"= {router.default_model!r} is not a group of this fleet "
-            f"({', '.join(sorted(names))}).",
-        )
-    return FleetSpec(
+    spec = FleetSpec(
         c.name(name, "name", "fleet"),
         tuple(groups),
-        router,
+        c.router(data),
         hardware=c.typed(data, "hardware", str, "", "a hardware profile name or path"),
         source=str(c.path),
     )
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    """``name``, or ``name-2``, ``name-3`` ... when a group already has it."""
-    if name not in taken:
-        return name
-    n = 2
-    while f"{name}-{n}" in taken:
-        n += 1
-    return f"{name}-{n}"
+    problems = spec.problems()
+    if problems:
+        raise LauncherError(f"{c.path}: {problems[0]}")
+    return spec
 
 
 def _is_number(text: str) -> bool:
@@ -393,6 +422,14 @@ def _group_toml(g: GroupSpec) -> dict[str, Any]:
     if s.mmproj:
         server["mmproj"] = s.mmproj
     out["server"] = server
+    route = {k: v for k, v in vars(g.route).items() if v is not None and v != getattr(NO_ROUTE, k)}
+    if route:
+        out["route"] = route
+    if g.on_demand:
+        out["on_demand"] = True
+        out["ttl_s"] = g.ttl_s
+    if g.exclusive_with:
+        out["exclusive_with"] = list(g.exclusive_with)
     return out
 
 

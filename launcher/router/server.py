@@ -1,7 +1,17 @@
 """The router: one OpenAI-compatible endpoint in front of the fleet's workers (aiohttp).
 
-Routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``,
-llama.cpp's ``/completion``, ``/health`` and ``/metrics`` (Prometheus text). Streams pass
+Routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/rerank``,
+``/v1/models``, llama.cpp's ``/completion``, ``/health`` and ``/metrics`` (Prometheus text).
+
+The fleet's model groups each have their own members and queue (``RouteGroup``). A request's
+``model`` picks the group by exact name or alias (with one group, any name or none goes to
+it); no name goes to the fleet's default model (or the only group of the route's kind), else
+400; an unknown name gets 404; both list the names served. A group's rules may send it
+elsewhere: prompts under a size to ``short_to``, and, when its slots are full and its queue
+passes a bound (or its predicted wait a time), to ``overflow_to``. An on-demand group that is
+not loaded is asked for through ``RouterControl`` (the supervisor) and its requests queue
+while it loads. Responses name the group and worker that served them (``X-Llama-Launcher-*``
+headers; the ``model`` the worker answers with is the group's name). Streams pass
 through chunk by chunk; a client that goes away cancels its upstream request. A request is
 retried on another member only when the first failed before any byte reached the client.
 Members leave rotation at their first failed request or unhealthy snapshot and come back
@@ -17,8 +27,8 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +37,7 @@ from launcher.errors import LauncherError
 from launcher.llamacpp.poll import WorkerSnapshot
 from launcher.llamacpp.wire import tokens_in
 from launcher.router.balancer import Balancer, Member, QueueFull, SpeedMeter, affinity_key
+from launcher.spec.fleet import NO_ROUTE, GroupRoute
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _HOP = {
@@ -40,6 +51,18 @@ _HOP = {
 }
 
 _GENERATION = {"/completion", "/completions", "/v1/completions", "/v1/chat/completions"}
+_EMBEDDING = {"/v1/embeddings", "/embedding", "/embeddings"}
+_RERANK = {"/v1/rerank", "/rerank", "/reranking", "/v1/reranking"}
+_ROUTE_FOR_KIND = {
+    "generation": "/v1/chat/completions",
+    "embedding": "/v1/embeddings",
+    "rerank": "/v1/rerank",
+}
+GROUP_HEADER = "X-Llama-Launcher-Group"
+WORKER_HEADER = "X-Llama-Launcher-Worker"
+ROUTED_HEADER = "X-Llama-Launcher-Routed"  # "overflow" or "rule" when another group served it
+CHARS_PER_TOKEN = 4  # the size rule's estimate of a prompt's tokens
+GROUP_STATES = ("running", "loading", "unloaded", "failed")
 
 GaugeSource = Callable[[], list[tuple[str, dict[str, str], float]]]
 """Extra gauges for /metrics: (name, labels, value), e.g. per-card NVML readings."""
@@ -54,6 +77,88 @@ class RouterConfig:
     queue_timeout_s: float = 30.0
     affinity: bool = False
     upstream_timeout_s: float = 600.0
+
+
+class RouterControl(Protocol):
+    """What the router asks of the supervisor (DESIGN.md, "Processes"): load an on-demand
+    group, and note that a group is in use (``in_flight`` requests now), for its TTL."""
+
+    def load_group(self, name: str) -> None: ...
+
+    def group_used(self, name: str, in_flight: int) -> None: ...
+
+
+@dataclass
+class RouteGroup:
+    """One model group behind the router: the names it serves, its members and queue, its
+    rules, and what happened to its requests (for ``/metrics``)."""
+
+    name: str
+    members: list[Member]
+    aliases: tuple[str, ...] = ()
+    kind: str = "generation"
+    route: GroupRoute = NO_ROUTE
+    on_demand: bool = False
+    state: str = "running"  # GROUP_STATES, as the supervisor last said
+    max_queue: int = 256
+    affinity: bool = False
+    requests: int = 0  # requests for this group (by name, default or rule)
+    overflowed: int = 0  # of those, served by its overflow group
+    rule_routed: int = 0  # of those, sent to short_to by the size rule
+    latency_s: float = 0.0  # moving average of a request's time, for the predicted wait
+    balancer: Balancer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.balancer = Balancer(self.members, self.max_queue, self.affinity)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(m.in_flight for m in self.members)
+
+    @property
+    def serving(self) -> bool:
+        return any(m.healthy for m in self.members)
+
+    def predicted_wait_s(self) -> float:
+        """How long a request that queues now would wait: the queue ahead of it, served
+        ``slots`` at a time at the recent request time."""
+        slots = sum(m.slots for m in self.members if m.healthy) or 1
+        return (self.balancer.waiting + 1) * self.latency_s / slots
+
+    def served(self, seconds: float) -> None:
+        self.latency_s = seconds if self.latency_s == 0 else 0.8 * self.latency_s + 0.2 * seconds
+
+
+def one_group(members: list[Member], name: str = "default") -> list[RouteGroup]:
+    """A router over ``members`` as one group (``llama-launcher route``, the benchmarks)."""
+    return [RouteGroup(name, members)]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """An estimate of a request's prompt tokens, from its characters (the size rule)."""
+    prompt = body.get("prompt", body.get("input", ""))
+    chars = len(prompt) if isinstance(prompt, str) else len(json.dumps(prompt))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            chars += len(content) if isinstance(content, str) else len(json.dumps(content or ""))
+    return chars // CHARS_PER_TOKEN
+
+
+def path_kind(path: str) -> str | None:
+    """The group kind a route serves (None: any, e.g. /tokenize)."""
+    if path in _GENERATION:
+        return "generation"
+    if path in _EMBEDDING:
+        return "embedding"
+    if path in _RERANK:
+        return "rerank"
+    return None
 
 
 def require_key_for(host: str, api_key: str | None, env_name: str | None) -> None:
@@ -71,21 +176,36 @@ class Router:
     """The endpoint; ``start()`` inside a running event loop, ``stop()`` to close it."""
 
     def __init__(
-        self, members: list[Member], config: RouterConfig, gauges: GaugeSource | None = None
+        self,
+        groups: list[RouteGroup],
+        config: RouterConfig,
+        gauges: GaugeSource | None = None,
+        *,
+        default_model: str | None = None,
+        control: RouterControl | None = None,
     ) -> None:
         require_key_for(config.host, config.api_key, None)
+        if not groups:
+            raise LauncherError("A router needs at least one model group.")
         self.config = config
-        self.balancer = Balancer(members, config.max_queue, config.affinity)
+        self.groups = {g.name: g for g in groups}
+        for g in groups:
+            g.balancer.max_queue = config.max_queue
+            g.balancer.affinity = config.affinity
+        self.by_name = {n: g for g in groups for n in g.names}
+        self.default_model = default_model
+        self.control = control
         self.gauges = gauges
         self.queued_total = 0
         self.rejected_total = 0
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._meters: dict[str, SpeedMeter] = {}
+        self._started = int(time.time())
 
     @property
     def members(self) -> list[Member]:
-        return self.balancer.members
+        return [m for g in self.groups.values() for m in g.members]
 
     @property
     def url(self) -> str:
@@ -106,11 +226,10 @@ class Router:
         for path in (
             "/v1/chat/completions",
             "/v1/completions",
-            "/v1/embeddings",
             "/completion",
             "/completions",
-            "/embedding",
-            "/embeddings",
+            *_EMBEDDING,
+            *_RERANK,
             "/tokenize",
             "/detokenize",
         ):
@@ -139,8 +258,14 @@ class Router:
     def _headers(self, m: Member) -> dict[str, str]:
         return {"Authorization": f"Bearer {m.api_key}"} if m.api_key else {}
 
-    async def observe(self, snapshots: dict[str, WorkerSnapshot]) -> None:
-        """Take the latest poll of each member (by name): health, slots, decode speed."""
+    async def observe(
+        self, snapshots: dict[str, WorkerSnapshot], group_states: dict[str, str] | None = None
+    ) -> None:
+        """Take the latest poll of each member (by name): health, slots, decode speed; and
+        each group's state as the supervisor sees it (running, loading, unloaded, failed)."""
+        for name, state in (group_states or {}).items():
+            if name in self.groups:
+                self.groups[name].state = state
         for m in self.members:
             snap = snapshots.get(m.name)
             if snap is None:
@@ -159,7 +284,8 @@ class Router:
             if snap.healthy and not m.healthy and m.last_failure:
                 m.last_failure = 0.0
             m.healthy = snap.healthy
-        await self.balancer.notify()
+        for g in self.groups.values():
+            await g.balancer.notify()
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -190,27 +316,35 @@ class Router:
                 "status": "ok" if healthy else "no healthy worker",
                 "healthy": len(healthy),
                 "members": len(self.members),
+                "groups": {g.name: self._group_state(g) for g in self.groups.values()},
             },
             status=status,
         )
 
+    def _group_state(self, g: RouteGroup) -> str:
+        if g.on_demand or g.state != "running":
+            return g.state
+        return "running" if g.serving else "failed"
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
-        for m in [m for m in self.members if m.healthy]:
-            try:
-                async with self._session.get(
-                    f"{m.url}/v1/models",
-                    headers=self._headers(m),
-                    timeout=aiohttp.ClientTimeout(total=5),
-                ) as resp:
-                    if resp.status == 200:
-                        return web.json_response(await resp.json())
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue
+        """Every name the fleet serves, with its group, kind and state (OpenAI's list)."""
         return web.json_response(
-            {"error": {"message": "no healthy worker", "code": 503}},
-            status=503,
-            headers={"Retry-After": "1"},
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": self._started,
+                        "owned_by": "llama-launcher",
+                        "group": g.name,
+                        "kind": g.kind,
+                        "state": self._group_state(g),
+                    }
+                    for g in self.groups.values()
+                    for name in g.names
+                ],
+            }
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -229,7 +363,12 @@ class Router:
                     else f"llama_launcher_{name} {_number(value)}"
                 )
 
-        per = [({"worker": m.name}, m) for m in self.members]
+        per = [
+            ({"worker": m.name, "group": g.name}, m)
+            for g in self.groups.values()
+            for m in g.members
+        ]
+        groups = self.groups.values()
         metric(
             "requests_total",
             "counter",
@@ -263,7 +402,37 @@ class Router:
             [(lab, 1.0 if m.healthy else 0.0) for lab, m in per],
         )
         metric(
-            "queued", "gauge", "Requests waiting for a free slot.", [({}, self.balancer.waiting)]
+            "queued",
+            "gauge",
+            "Requests waiting for a free slot.",
+            [({"group": g.name}, g.balancer.waiting) for g in groups],
+        )
+        metric(
+            "group_requests_total",
+            "counter",
+            "Requests for each group (by name, default model or rule).",
+            [({"group": g.name}, g.requests) for g in groups],
+        )
+        metric(
+            "overflowed_total",
+            "counter",
+            "Requests for each group served by its overflow group.",
+            [({"group": g.name, "to": g.route.overflow_to or ""}, g.overflowed) for g in groups],
+        )
+        metric(
+            "rule_routed_total",
+            "counter",
+            "Requests for each group sent to another by its size rule.",
+            [({"group": g.name, "to": g.route.short_to or ""}, g.rule_routed) for g in groups],
+        )
+        metric(
+            "group_loaded",
+            "gauge",
+            "1 when the group's workers are loaded (on-demand groups load on first request).",
+            [
+                ({"group": g.name}, 1.0 if self._group_state(g) == "running" else 0.0)
+                for g in groups
+            ],
         )
         metric(
             "rejected_total",
@@ -279,39 +448,149 @@ class Router:
                 metric(name, "gauge", f"GPU {name.replace('_', ' ')} (NVML).", values)
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
+    def _error(self, status: int, message: str, kind: str) -> web.Response:
+        return web.json_response(
+            {"error": {"message": message, "type": kind, "code": status}}, status=status
+        )
+
+    def _group_for(self, path: str, body: object) -> RouteGroup | web.Response:
+        """The group a request names (see the module docstring), or the error response."""
+        groups = list(self.groups.values())
+        wanted = body.get("model") if isinstance(body, dict) else None
+        kind = path_kind(path)
+        names = ", ".join(self.by_name)
+        if len(groups) == 1:
+            return groups[0]
+        if isinstance(wanted, str) and wanted:
+            group = self.by_name.get(wanted)
+            if group is None:
+                return self._error(
+                    404,
+                    f"The model '{wanted}' is not served here; models: {names}.",
+                    "model_not_found",
+                )
+            if kind is not None and group.kind != kind:
+                return self._error(
+                    400,
+                    f"The model '{wanted}' is a {group.kind} model; send it to "
+                    f"{_ROUTE_FOR_KIND[group.kind]}.",
+                    "invalid_request_error",
+                )
+            return group
+        default = self.by_name.get(self.default_model or "")
+        if default is not None and kind in (None, default.kind):
+            return default
+        of_kind = [g for g in groups if g.kind == kind]
+        if len(of_kind) == 1:
+            return of_kind[0]
+        return self._error(
+            400,
+            f"Name a model in the request's 'model' field; models: {names}.",
+            "invalid_request_error",
+        )
+
+    def _reroute(self, group: RouteGroup, body: object) -> tuple[RouteGroup, str | None]:
+        """Where a request for ``group`` goes, by its rules: (group, None) to stay, or the
+        other group and why ("rule", "overflow")."""
+        route = group.route
+        if (
+            route.short_to
+            and route.short_prompt_tokens
+            and isinstance(body, dict)
+            and prompt_tokens(body) < route.short_prompt_tokens
+        ):
+            return self.groups[route.short_to], "rule"
+        if route.overflow_to and group.balancer.pick() is None:
+            queued = group.balancer.waiting >= route.overflow_queue
+            slow = (
+                route.overflow_wait_s is not None
+                and group.predicted_wait_s() > route.overflow_wait_s
+            )
+            other = self.groups[route.overflow_to]
+            if (queued or slow) and other.balancer.pick() is not None:
+                return other, "overflow"
+        return group, None
+
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = None  # passed through: the worker answers with its own 400
+        chosen = self._group_for(request.path, body)
+        if isinstance(chosen, web.Response):
+            return chosen
+        chosen.requests += 1
+        group, why = self._reroute(chosen, body)
+        if why == "rule":
+            chosen.rule_routed += 1
+        elif why == "overflow":
+            chosen.overflowed += 1
+        if group.on_demand and group.state in ("unloaded", "failed") and self.control:
+            self.control.load_group(group.name)
+            group.state = "loading"
+        elif not group.serving and group.state != "loading":
+            self.rejected_total += 1
+            return self._busy(
+                f"no worker of model {group.name} is healthy now; the supervisor is "
+                "restarting it, retry shortly"
+            )
+        started = time.monotonic()
+        if self.control:
+            self.control.group_used(group.name, group.in_flight + 1)
+        try:
+            response = await self._send(request, raw, body, group, why)
+        finally:
+            if self.control:
+                self.control.group_used(group.name, group.in_flight)
+        if response.status < 400:
+            group.served(time.monotonic() - started)
+        return response
+
+    async def _send(
+        self, request: web.Request, raw: bytes, body: object, group: RouteGroup, why: str | None
+    ) -> web.StreamResponse:
+        """Send to a member of ``group``, retrying on another when one fails before any
+        byte reached the client."""
         key = affinity_key(body) if isinstance(body, dict) else None
+        renamed = isinstance(body, dict) and "model" in body and body["model"] != group.name
         tried: set[str] = set()
         last_error = "no healthy worker"
-        for _ in range(max(len(self.members), 1)):
+        for _ in range(max(len(group.members), 1)):
             try:
-                member = await self.balancer.acquire(self.config.queue_timeout_s, key, tried)
+                member = await group.balancer.acquire(self.config.queue_timeout_s, key, tried)
             except QueueFull:
                 self.rejected_total += 1
-                return self._busy("all workers are busy and the queue is full")
+                return self._busy(f"all workers of {group.name} are busy and the queue is full")
             except TimeoutError:
                 self.rejected_total += 1
+                if group.state == "loading":
+                    return self._busy(
+                        f"model {group.name} is still loading (on demand) after "
+                        f"{self.config.queue_timeout_s:g} s; retry shortly"
+                    )
                 return self._busy(f"no slot freed within {self.config.queue_timeout_s:g} s")
             tried.add(member.name)
             slot = self._slot_for(request.path, body, member, key)
             sent = raw
-            if slot is not None and isinstance(body, dict):
-                sent = json.dumps({**body, "id_slot": slot}).encode()
+            if isinstance(body, dict) and (slot is not None or renamed):
+                changed = {**body, "model": group.name} if renamed else dict(body)
+                if slot is not None:
+                    changed["id_slot"] = slot
+                sent = json.dumps(changed).encode()
+            labels = {GROUP_HEADER: group.name, WORKER_HEADER: member.name}
+            if why:
+                labels[ROUTED_HEADER] = why
             try:
-                response, started = await self._forward(request, member, sent)
+                response, started = await self._forward(request, member, sent, labels)
             finally:
                 if slot is not None:
                     member.slots_taken.discard(slot)
-                await self.balancer.release(member)
+                await group.balancer.release(member)
             if response is not None:
                 return response
             last_error = started or last_error
-            if not any(m.healthy and m.name not in tried for m in self.members):
+            if not any(m.healthy and m.name not in tried for m in group.members):
                 break
         return web.json_response(
             {"error": {"message": f"upstream failed: {last_error}", "code": 502}}, status=502
@@ -341,7 +620,7 @@ class Router:
         )
 
     async def _forward(
-        self, request: web.Request, m: Member, raw: bytes
+        self, request: web.Request, m: Member, raw: bytes, labels: dict[str, str]
     ) -> tuple[web.StreamResponse | None, str | None]:
         """Send to ``m``; (response, None), or (None, why) if it failed before any byte."""
         assert self._session is not None
@@ -362,7 +641,10 @@ class Router:
         async with upstream:
             out = web.StreamResponse(
                 status=upstream.status,
-                headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
+                headers={
+                    **{k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
+                    **labels,
+                },
             )
             streaming = "text/event-stream" in upstream.headers.get("Content-Type", "")
             tail = b""  # the end of a stream carries the token count

@@ -54,9 +54,10 @@ def spec_path(fleet: str) -> Path:
 
 
 def start_detached(spec: FleetSpec, say: Say) -> int:
-    """Run ``spec`` in a background supervisor; wait until every worker is healthy.
+    """Run ``spec`` in a background supervisor; wait until every worker of the groups that
+    are not on demand is healthy and the router listens.
 
-    Returns 0 when every worker is healthy, 1 when the fleet failed to start (with the end of
+    Returns 0 when they are, 1 when the fleet failed to start (with the end of
     the supervisor's log).
     """
     fleet = spec.name
@@ -93,11 +94,12 @@ def start_detached(spec: FleetSpec, say: Say) -> int:
         code = proc.poll()
         state = fleet_state.read_state(fleet_state.state_path(fleet))
         if state is not None:
+            resident = {w for g in state.groups if not g.on_demand for w in g.workers}
             for w in state.workers:
-                if shown.get(w.id) != w.state:
+                if w.id in resident and shown.get(w.id) != w.state:
                     shown[w.id] = w.state
                     say(f"{w.id}: {w.state}{f' ({w.message})' if w.message else ''}")
-            states = {w.state for w in state.workers}
+            states = {w.state for w in state.workers if w.id in resident}
             serving = state.router is not None or not spec.router.enabled
             if states == {"healthy"} and serving:  # the router listens before we say "up"
                 where = f" on {state.router['url']}" if state.router else ""

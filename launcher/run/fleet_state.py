@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,31 @@ class WorkerState:
     argv: list[str] = field(default_factory=list)  # the command line it was started with
 
 
+GROUP_STATES = ("running", "loading", "unloaded", "failed")
+
+
+@dataclass
+class GroupState:
+    """One model group as ``status --json`` shows it."""
+
+    name: str
+    kind: str = "generation"
+    state: str = "loading"  # GROUP_STATES
+    on_demand: bool = False
+    aliases: list[str] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)  # FLEET/wN
+    ttl_s: float | None = None  # on-demand groups unload after this long unused
+    idle_s: float | None = None  # since its last request, while loaded on demand
+    message: str = ""  # why it failed, or what it evicted
+
+
 @dataclass
 class FleetState:
     name: str
     supervisor_pid: int
     router: dict[str, Any] | None
     workers: list[WorkerState] = field(default_factory=list)
+    groups: list[GroupState] = field(default_factory=list)
     profile: str | None = None
     model: str = ""
     layout: str = ""
@@ -102,7 +122,8 @@ def read_state(path: Path) -> FleetState | None:
     try:
         data = json.loads(path.read_text())
         workers = [WorkerState(**w) for w in data.pop("workers", [])]
-        return FleetState(workers=workers, **data)
+        groups = [GroupState(**g) for g in data.pop("groups", [])]
+        return FleetState(workers=workers, groups=groups, **data)
     except (OSError, ValueError, TypeError):
         return None
 
@@ -122,5 +143,41 @@ def list_fleets() -> list[FleetState]:
                 w.state = "stopped"
                 w.tok_s = 0.0
                 w.slots_busy = 0
+            for g in state.groups:
+                g.state = "unloaded"
         out.append(state)
+    return out
+
+
+# --- requests to a running supervisor (``group load|unload``): files it reads every poll ---
+
+
+def control_dir(fleet: str) -> Path:
+    return paths.state_dir() / "control" / fleet
+
+
+def post_request(fleet: str, action: str, group: str) -> None:
+    """Leave ``action`` (load, unload) on ``group`` for the fleet's supervisor."""
+    folder = control_dir(fleet)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.time_ns()}-{os.getpid()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"action": action, "group": group}))
+    tmp.replace(path)
+
+
+def take_requests(fleet: str) -> list[tuple[str, str]]:
+    """The requests left for this fleet, oldest first, removed as they are read."""
+    folder = control_dir(fleet)
+    out: list[tuple[str, str]] = []
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            out.append((str(data["action"]), str(data["group"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        with contextlib.suppress(OSError):
+            path.unlink()
     return out

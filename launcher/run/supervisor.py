@@ -16,6 +16,12 @@ One ``WorkerPoller`` per worker (and per remote member) polls ``/health``, ``/sl
 ``/metrics`` every ``POLL_INTERVAL_S``; the router, the state file and the GPU readings all
 take their numbers from those snapshots and from the one GPU backend the supervisor opens
 (closed when it stops). The router runs in this event loop and does not poll on its own.
+
+Each model group of the spec is a ``GroupRun``. On-demand groups start unloaded: the router
+asks for one (``RouterControl.load_group``) on its first request, ``group load`` asks through
+a file in the fleet's control folder, and either loads it (first unloading the on-demand
+groups the plan says it cannot be resident with); it unloads once no request has used it for
+its ``ttl_s`` (``group_used``), or on ``group unload``.
 """
 
 from __future__ import annotations
@@ -41,10 +47,10 @@ from launcher.gpu.sampler import GpuSampler
 from launcher.llamacpp.args import WORKER_ENV_DROPPED
 from launcher.llamacpp.poll import POLL_INTERVAL_S, WorkerPoller, WorkerSnapshot
 from launcher.router.balancer import Member
-from launcher.router.server import Router, RouterConfig, require_key_for
+from launcher.router.server import RouteGroup, Router, RouterConfig, require_key_for
 from launcher.run import fleet_state
-from launcher.run.fleet_state import FleetState, WorkerState
-from launcher.spec.fleet import FleetSpec, RouterSpec, WorkerSpec
+from launcher.run.fleet_state import FleetState, GroupState, WorkerState
+from launcher.spec.fleet import FleetSpec, GroupSpec, RouterSpec, WorkerSpec
 
 HEALTH_TIMEOUT_S = 600.0
 STOP_GRACE_S = 10.0
@@ -209,7 +215,9 @@ class Worker:
 
     async def stop(self) -> None:
         proc = self.proc
+        self.state.state = "stopped"  # before it exits: a stop is not a crash to restart
         if proc is None or proc.returncode is not None:
+            self.state.pid = None
             return
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -234,21 +242,57 @@ def env_key(var: str | None, what: str) -> str | None:
     return value
 
 
-def router_setup(router: RouterSpec) -> tuple[RouterConfig, list[Member]]:
-    """The router's settings and the remote members of a fleet's ``router`` spec, with their
-    API keys read from the environment; raises one sentence for a missing key."""
+def router_setup(router: RouterSpec) -> tuple[RouterConfig, list[tuple[str | None, Member]]]:
+    """The router's settings and the remote members of a fleet's ``router`` spec (each with
+    the group it serves, None for the first), with their API keys read from the environment;
+    raises one sentence for a missing key."""
     key = env_key(router.api_key_env, "router's API key")
     require_key_for(router.host, key, router.api_key_env)
     remote = [
-        Member(
-            f"remote{i}:{m.url}",
-            m.url.rstrip("/"),
-            m.weight,
-            env_key(m.api_key_env, f"API key of {m.url}"),
+        (
+            m.group,
+            Member(
+                f"remote{i}:{m.url}",
+                m.url.rstrip("/"),
+                m.weight,
+                env_key(m.api_key_env, f"API key of {m.url}"),
+            ),
         )
         for i, m in enumerate(router.members)
     ]
     return RouterConfig(router.host, router.port, key, affinity=router.affinity), remote
+
+
+class GroupRun:
+    """One model group of a running fleet: its workers, state and last use."""
+
+    def __init__(self, spec: GroupSpec, workers: list[Worker]) -> None:
+        self.spec = spec
+        self.workers = workers
+        self.state = "unloaded" if spec.on_demand else "loading"
+        self.last_used = time.monotonic()
+        self.in_flight = 0
+        self.message = ""
+        self.task: asyncio.Task[None] | None = None  # a load or unload in progress
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def snapshot(self) -> GroupState:
+        idle = time.monotonic() - self.last_used
+        on_demand = self.spec.on_demand
+        return GroupState(
+            self.name,
+            self.spec.kind,
+            self.state,
+            on_demand,
+            list(self.spec.aliases),
+            [w.id for w in self.workers],
+            self.spec.ttl_s if on_demand else None,
+            round(idle, 1) if on_demand and self.state == "running" else None,
+            self.message,
+        )
 
 
 class Supervisor:
@@ -267,22 +311,35 @@ class Supervisor:
             raise LauncherError(
                 f"Fleet '{spec.name}' has groups without planned workers; plan it first."
             )
+        problems = spec.problems()
+        if problems:
+            raise LauncherError(f"Fleet '{spec.name}': {problems[0]}")
         self.spec = spec
         self.fleet = spec.name
         self.workers = [
             Worker(spec.name, i, group.name, worker, echo)
             for i, (group, worker) in enumerate((g, w) for g in spec.groups for w in g.workers)
         ]
+        self.groups = {
+            g.name: GroupRun(g, [w for w in self.workers if w.state.group == g.name])
+            for g in spec.groups
+        }
+        for run in self.groups.values():
+            if run.spec.on_demand:
+                for w in run.workers:
+                    w.state.state = "stopped"
         self.say: Say = say or (lambda line: print(line, flush=True))
         self.health_timeout = max(g.server.health_timeout_s for g in spec.groups)
         self.handle_signals = handle_signals
         self.router_config: RouterConfig | None = None
-        self.remote_members: list[Member] = []
+        self.remote_members: list[tuple[str | None, Member]] = []
         if spec.router.enabled:
             self.router_config, self.remote_members = router_setup(spec.router)
             if queue_timeout_s is not None:
                 self.router_config.queue_timeout_s = queue_timeout_s
-        self._remote_pollers = {m.name: WorkerPoller(m.url, m.api_key) for m in self.remote_members}
+        self._remote_pollers = {
+            m.name: WorkerPoller(m.url, m.api_key) for _, m in self.remote_members
+        }
         self.router: Router | None = None
         self._members: dict[str, Member] = {}
         self.snapshots: dict[str, WorkerSnapshot] = {}  # latest poll, by worker id / member
@@ -293,11 +350,13 @@ class Supervisor:
             os.getpid(),
             None,
             [w.state for w in self.workers],
+            [g.snapshot() for g in self.groups.values()],
             spec.source,
             first.model,
             ",".join(g.layout for g in spec.groups),
             time.time(),
         )
+        self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the fleet is serving, or has failed to start
         self._gpu: GpuBackend | None = None  # opened when a worker has cards; closed at the end
@@ -311,6 +370,7 @@ class Supervisor:
         self._stop.set()
 
     def _save(self) -> None:
+        self.state.groups = [g.snapshot() for g in self.groups.values()]
         fleet_state.write_state(self.state)
 
     def _claim(self) -> None:
@@ -358,6 +418,7 @@ class Supervisor:
         self._save()
         try:
             async with aiohttp.ClientSession() as session:
+                self._session = session
                 if not await self._start_all(session):
                     return 1
                 await self._poll(session)
@@ -368,6 +429,9 @@ class Supervisor:
             return 0
         finally:
             self.ready.set()
+            for run in self.groups.values():
+                if run.task is not None and not run.task.done():
+                    run.task.cancel()
             if self.router is not None:
                 await self.router.stop()
             if self._gpu_sampler is not None:
@@ -381,35 +445,167 @@ class Supervisor:
             self.say(f"Fleet {self.fleet} stopped.")
 
     async def _start_all(self, session: aiohttp.ClientSession) -> bool:
+        """Start every group that is not on demand; False (and said why) if one failed."""
         started = time.monotonic()
-        self.say(f"Starting fleet {self.fleet}: {len(self.workers)} worker(s).")
-        for w in self.workers:
-            await w.start()
-        self._save()
-        results = await asyncio.gather(
-            *(self._until_healthy(w, session, started) for w in self.workers),
-            return_exceptions=True,
+        resident = [g for g in self.groups.values() if not g.spec.on_demand]
+        workers = [w for g in resident for w in g.workers]
+        on_demand = [g.name for g in self.groups.values() if g.spec.on_demand]
+        self.say(
+            f"Starting fleet {self.fleet}: {len(workers)} worker(s) in {len(resident)} "
+            "group(s)" + (f"; on demand: {', '.join(on_demand)}" if on_demand else "") + "."
         )
-        failed = [(w, r) for w, r in zip(self.workers, results, strict=True) if r is not None]
-        for w, err in failed:
-            w.state.state = "failed"
-            w.state.message = str(err).splitlines()[0]
-            self.say(str(err))
+        failed = await self._start_workers(workers, session, started)
+        for g in resident:
+            g.state = "failed" if any(w in failed for w in g.workers) else "running"
         self._save()
         if failed:
             self.say(
-                f"Fleet {self.fleet} did not start: {len(failed)} of {len(self.workers)} "
+                f"Fleet {self.fleet} did not start: {len(failed)} of {len(workers)} "
                 "worker(s) failed; stopping the others."
             )
             return False
         self.say(f"Fleet {self.fleet} is up in {time.monotonic() - started:.1f} s.")
         return True
 
+    async def _start_workers(
+        self, workers: list[Worker], session: aiohttp.ClientSession, started: float
+    ) -> list[Worker]:
+        """Start ``workers`` at once and wait for each to be healthy; the ones that failed
+        (each said, with the end of its log)."""
+        for w in workers:
+            w.state.state = "starting"
+            await w.start()
+        self._save()
+        results = await asyncio.gather(
+            *(self._until_healthy(w, session, started) for w in workers),
+            return_exceptions=True,
+        )
+        failed = [(w, r) for w, r in zip(workers, results, strict=True) if r is not None]
+        for w, err in failed:
+            w.state.state = "failed"
+            w.state.message = str(err).splitlines()[0]
+            self.say(str(err))
+        return [w for w, _ in failed]
+
+    # -- on-demand groups (RouterControl) ---------------------------------------------------
+
+    def load_group(self, name: str) -> None:
+        """Load group ``name`` in the background (nothing if loaded or loading)."""
+        run = self.groups.get(name)
+        if run is None or run.state in ("running", "loading") or self._session is None:
+            return
+        run.state = "loading"
+        run.task = asyncio.create_task(self._load(run, self._session))
+
+    def group_used(self, name: str, in_flight: int) -> None:
+        run = self.groups.get(name)
+        if run is not None:
+            run.last_used = time.monotonic()
+            run.in_flight = in_flight
+
+    def unload_group(self, name: str, why: str) -> None:
+        run = self.groups.get(name)
+        if run is None or run.state == "unloaded":
+            return
+        if run.task is not None and not run.task.done():
+            run.task.cancel()
+        run.state = "unloaded"
+        run.task = asyncio.create_task(self._unload(run, why))
+
+    async def _load(self, run: GroupRun, session: aiohttp.ClientSession) -> None:
+        started = time.monotonic()
+        for other in run.spec.exclusive_with:
+            evicted = self.groups[other]
+            if evicted.state in ("running", "loading"):
+                self.say(
+                    f"Unloading {other} to make room for {run.name} (the plan says they "
+                    "cannot be resident together)."
+                )
+                evicted.state = "unloaded"
+                await self._unload(evicted, f"to make room for {run.name}")
+        self.say(f"Loading group {run.name} on demand: {len(run.workers)} worker(s).")
+        self._publish_groups()
+        self._save()
+        used = {x.spec.port for x in self.workers if x not in run.workers}
+        for w in run.workers:
+            if not port_free(w.spec.port):
+                new = free_port(used | {x.spec.port for x in run.workers}, w.spec.port + 1)
+                self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
+                w.set_port(new)
+                if w.id in self._members:
+                    self._members[w.id].url = w.state.url
+        failed = await self._start_workers(run.workers, session, started)
+        if failed:
+            await asyncio.gather(*(w.stop() for w in run.workers))
+            for w in failed:
+                w.state.state = "failed"
+            run.state = "failed"
+            run.message = failed[0].state.message
+        else:
+            run.state = "running"
+            run.message = ""
+            run.last_used = time.monotonic()
+            self.say(f"Group {run.name} loaded in {time.monotonic() - started:.1f} s.")
+        self._publish_groups()
+        self._save()
+
+    async def _unload(self, run: GroupRun, why: str) -> None:
+        await asyncio.gather(*(w.stop() for w in run.workers))
+        run.message = f"unloaded {why}"
+        self.say(f"Group {run.name} unloaded {why}.")
+        self._publish_groups()
+        self._save()
+
+    def _expire(self) -> None:
+        """Unload the on-demand groups unused for their TTL."""
+        now = time.monotonic()
+        for run in self.groups.values():
+            idle = now - run.last_used
+            if (
+                run.spec.on_demand
+                and run.state == "running"
+                and run.in_flight == 0
+                and idle > run.spec.ttl_s
+            ):
+                self.unload_group(run.name, f"after {idle:.0f} s unused (ttl {run.spec.ttl_s:g} s)")
+
+    def _take_requests(self) -> None:
+        """``group load|unload`` from other terminals (files in the control folder)."""
+        for action, name in fleet_state.take_requests(self.fleet):
+            if name not in self.groups:
+                self.say(f"Ignored a request to {action} {name}: no such group.")
+            elif action == "load":
+                self.load_group(name)
+            elif action == "unload":
+                self.unload_group(name, "on request")
+
+    def _group_states(self) -> dict[str, str]:
+        return {name: run.state for name, run in self.groups.items()}
+
+    def _publish_groups(self) -> None:
+        if self.router is not None:
+            for name, state in self._group_states().items():
+                self.router.groups[name].state = state
+
     async def _start_router(self) -> None:
         """Serve the fleet's endpoint: every worker, plus the profile's remote members."""
         assert self.router_config is not None
         for w in self.workers:
             self._members[w.id] = Member(w.id, w.state.url, cards=w.spec.cards)
+        first = self.spec.groups[0].name
+        groups = [
+            RouteGroup(
+                g.name,
+                [self._members[w.id] for w in self.groups[g.name].workers]
+                + [m for group, m in self.remote_members if (group or first) == g.name],
+                aliases=g.aliases,
+                kind=g.kind,
+                route=g.route,
+                on_demand=g.on_demand,
+                state=self.groups[g.name].state,
+            )
+            for g in self.spec.groups
+        ]
         cards = sorted({c for w in self.workers for c in w.spec.cards})
         gauges = None
         if cards:
@@ -417,15 +613,19 @@ class Supervisor:
             self._gpu_sampler.start()
             gauges = self._gpu_gauges
         self.router = Router(
-            [*self._members.values(), *self.remote_members], self.router_config, gauges
+            groups,
+            self.router_config,
+            gauges,
+            default_model=self.spec.router.default_model,
+            control=self,
         )
         await self.router.start()
-        await self.router.observe(self.snapshots)
+        await self.router.observe(self.snapshots, self._group_states())
         self.state.router = {
             "url": self.router.url,
             "host": self.router_config.host,
             "port": self.router_config.port,
-            "members": [m.url for m in self.remote_members],
+            "members": [m.url for _, m in self.remote_members],
         }
         self.say(
             f"Router for fleet {self.fleet} on {self.router.url} "
@@ -503,9 +703,11 @@ class Supervisor:
                     task = asyncio.create_task(self._restart(w, session, proc.returncode))
                     restarting.add(task)
                     task.add_done_callback(restarting.discard)
+            self._take_requests()
+            self._expire()
             await self._poll(session)
             if self.router is not None:
-                await self.router.observe(self.snapshots)
+                await self.router.observe(self.snapshots, self._group_states())
             tick += 1
             if tick % 10 == 1 and any(w.spec.cards for w in self.workers):
                 await self._gpu_usage()

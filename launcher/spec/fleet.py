@@ -45,6 +45,16 @@ def name_from_model(path: Path | str) -> str:
     return made[:64] or "fleet"
 
 
+def unique_name(name: str, taken: set[str] | list[str]) -> str:
+    """``name``, or ``name-2``, ``name-3`` ... when it is taken (64 characters at most)."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name[:60]}-{n}" in taken:
+        n += 1
+    return f"{name[:60]}-{n}"
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """One llama-server of a group as it will run: its settings, environment additions
@@ -82,6 +92,30 @@ class ServerSettings:
 
 
 DEFAULT_SETTINGS = ServerSettings()
+DEFAULT_TTL_S = 600.0
+ALIAS_MAX = 128
+
+
+@dataclass(frozen=True)
+class GroupRoute:
+    """Where a group's requests may go instead of its own workers: to ``overflow_to`` when
+    its slots are full and ``overflow_queue`` requests already wait (or the predicted wait
+    passes ``overflow_wait_s``), and to ``short_to`` when the prompt is under
+    ``short_prompt_tokens`` (estimated at 4 characters a token). Rules apply only to requests
+    for the group that declares them."""
+
+    overflow_to: str | None = None
+    overflow_queue: int = 4
+    overflow_wait_s: float | None = None
+    short_to: str | None = None
+    short_prompt_tokens: int | None = None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(t for t in (self.overflow_to, self.short_to) if t)
+
+
+NO_ROUTE = GroupRoute()
 
 
 @dataclass(frozen=True)
@@ -100,11 +134,22 @@ class GroupSpec:
     ctx: int | None = None  # per user
     goal: str = "throughput"
     server: ServerSettings = field(default_factory=ServerSettings)
+    route: GroupRoute = NO_ROUTE
+    on_demand: bool = False  # loaded on its first request, unloaded after ttl_s unused
+    ttl_s: float = DEFAULT_TTL_S
+    # on-demand groups that must unload before this one loads (they cannot be resident
+    # together on the cards they share; the box planner works this out)
+    exclusive_with: tuple[str, ...] = ()
     workers: tuple[WorkerSpec, ...] = ()  # empty until planned
 
     @property
     def planned(self) -> bool:
         return bool(self.workers)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The model names this group serves: its name, then its aliases."""
+        return (self.name, *self.aliases)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +168,10 @@ class GroupSpec:
                 **vars(self.server),
                 "extra_args": list(self.server.extra_args),
             },
+            "route": vars(self.route),
+            "on_demand": self.on_demand,
+            "ttl_s": self.ttl_s,
+            "exclusive_with": list(self.exclusive_with),
             "workers": [w.to_json() for w in self.workers],
         }
 
@@ -143,6 +192,10 @@ class GroupSpec:
             ctx=data["ctx"],
             goal=data["goal"],
             server=ServerSettings(**server),
+            route=GroupRoute(**data.get("route", {})),
+            on_demand=data.get("on_demand", False),
+            ttl_s=data.get("ttl_s", DEFAULT_TTL_S),
+            exclusive_with=tuple(data.get("exclusive_with", ())),
             workers=tuple(WorkerSpec.from_json(w) for w in data["workers"]),
         )
 
@@ -154,6 +207,7 @@ class RemoteMember:
     url: str
     weight: float = 1.0
     api_key_env: str | None = None
+    group: str | None = None  # the group it serves; None: the fleet's first
 
 
 @dataclass(frozen=True)
@@ -187,6 +241,50 @@ class FleetSpec:
     @property
     def workers(self) -> tuple[WorkerSpec, ...]:
         return tuple(w for g in self.groups for w in g.workers)
+
+    def group(self, name: str) -> GroupSpec:
+        return next(g for g in self.groups if g.name == name)
+
+    def problems(self) -> list[str]:
+        """What makes the groups' names and rules inconsistent, one sentence each (empty when
+        the spec is sound): names and aliases served twice, rules or a default model naming
+        no group, exclusions naming groups that are not on-demand."""
+        out: list[str] = []
+        served: dict[str, str] = {}
+        for g in self.groups:
+            for name in g.names:
+                if not name.isprintable() or not 0 < len(name) <= ALIAS_MAX:
+                    out.append(
+                        f"Group {g.name}: alias {name!r} must be 1 to {ALIAS_MAX} printable "
+                        "characters."
+                    )
+                if name in served and served[name] != g.name:
+                    out.append(f"The name {name!r} is served by both {served[name]} and {g.name}.")
+                served.setdefault(name, g.name)
+        groups = {g.name: g for g in self.groups}
+        for g in self.groups:
+            for target in g.route.targets:
+                if target not in groups or target == g.name:
+                    out.append(
+                        f"Group {g.name} routes to {target!r}, which is not another group of "
+                        f"this fleet ({', '.join(groups)})."
+                    )
+            for other in g.exclusive_with:
+                if other not in groups or not groups[other].on_demand:
+                    out.append(
+                        f"Group {g.name} is exclusive with {other!r}, which is not an "
+                        "on-demand group of this fleet."
+                    )
+        default = self.router.default_model
+        if default is not None and default not in served:
+            out.append(
+                f"The default model {default!r} is not a name this fleet serves "
+                f"({', '.join(served)})."
+            )
+        for m in self.router.members:
+            if m.group is not None and m.group not in groups:
+                out.append(f"Remote member {m.url} names group {m.group!r}, which is not here.")
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
