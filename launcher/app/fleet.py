@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,8 +54,9 @@ Say = Callable[[str], None]
 # --- specs from plans -------------------------------------------------------------------------
 
 
-def _with_settings(args: ServerArgs, settings: ServerSettings, kind: str) -> ServerArgs:
-    """A planned worker with the group's own llama-server settings and its kind's endpoint."""
+def _with_settings(args: ServerArgs, settings: ServerSettings, group: GroupSpec) -> ServerArgs:
+    """A planned worker with the group's own llama-server settings, its kind's endpoint, and
+    the group's name as the model name it answers with."""
     if not settings.flash_attn and args.kv_type != "f16":
         raise LauncherError(
             f"A {args.kv_type} KV cache needs flash attention; set "
@@ -63,8 +65,9 @@ def _with_settings(args: ServerArgs, settings: ServerSettings, kind: str) -> Ser
     return args.replace(
         flash_attn=settings.flash_attn,
         extra=settings.extra_args,
-        embeddings=kind == "embedding",
-        reranking=kind == "rerank",
+        alias=group.name,
+        embeddings=group.kind == "embedding",
+        reranking=group.kind == "rerank",
     )
 
 
@@ -86,14 +89,14 @@ def group_from_layout(
     by_index = {c.index: c for c in inventory.local.cards}
     used = [by_index[i] for p in layout.processes for i in p.cards if i in by_index]
     settings = replace(settings, kv_type=workload.kv_type)
-    group = base or GroupSpec(name=name or name_from_model(model.path), model=str(model.path))
+    group = base or GroupSpec(name=name_from_model(model.path), model=str(model.path))
+    group = replace(group, name=name or group.name)
     workers = tuple(
-        WorkerSpec(_with_settings(p.args, settings, group.kind), dict(p.env), p.cards)
+        WorkerSpec(_with_settings(p.args, settings, group), dict(p.env), p.cards)
         for p in layout.processes
     )
     return replace(
         group,
-        name=name or group.name,
         model=str(model.path),
         layout=layout.kind,
         cards=tuple(c.uuid or str(c.index) for c in used),
@@ -461,6 +464,48 @@ def launch_detached(spec: FleetSpec, say: Say) -> int:
 def stop(name: str | None, say: Say) -> str:
     """Stop a fleet (the only one running when ``name`` is None); returns its name."""
     return daemon.stop_fleet(name, say)
+
+
+GROUP_ACTIONS = ("load", "unload")
+
+
+def group_action(fleet: str, group: str, action: str, say: Say, timeout_s: float = 900.0) -> str:
+    """``group load|unload FLEET GROUP``: ask the fleet's supervisor, wait until the group is
+    running (loaded) or unloaded, saying what happens; returns its final state. Raises one
+    sentence for an unknown fleet or group, or a load that failed."""
+    state = next((f for f in fleet_state.list_fleets() if f.name == fleet), None)
+    if state is None or not fleet_state.pid_alive(state.supervisor_pid):
+        running = ", ".join(f.name for f in fleets() if fleet_state.pid_alive(f.supervisor_pid))
+        raise LauncherError(f"No fleet named '{fleet}' is running (running: {running or 'none'}).")
+    names = [g.name for g in state.groups]
+    if group not in names:
+        raise LauncherError(
+            f"Fleet {fleet} has no group '{group}'; its groups: {', '.join(names)}."
+        )
+    initial = next(g.state for g in state.groups if g.name == group)
+    fleet_state.post_request(fleet, action, group)
+    deadline = time.monotonic() + timeout_s
+    shown, changed = "", False
+    while time.monotonic() < deadline:
+        now = fleet_state.read_state(fleet_state.state_path(fleet))
+        current = next((g for g in now.groups if g.name == group), None) if now else None
+        if current is None:
+            raise LauncherError(f"Fleet {fleet} stopped before {group} was {action}ed.")
+        changed = changed or current.state != initial
+        if current.state != shown:
+            shown = current.state
+            say(f"{fleet}/{group}: {shown}")
+        if action == "unload" and current.state == "unloaded":
+            return current.state
+        if action == "load" and current.state == "running":
+            return current.state
+        if action == "load" and current.state == "failed" and changed:
+            raise LauncherError(
+                f"Group {group} did not load: {current.message}; 'llama-launcher logs "
+                f"{current.workers[0] if current.workers else fleet}' shows why."
+            )
+        time.sleep(0.25)
+    raise LauncherError(f"Group {group} was not {action}ed after {timeout_s:.0f} s.")
 
 
 def restart_worker(worker_id: str) -> None:

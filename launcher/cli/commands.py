@@ -206,6 +206,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_group(args: argparse.Namespace) -> int:
+    state = fleet.group_action(args.fleet, args.group, args.action, say)
+    print(f"Group {args.group} of fleet {args.fleet} is {state}.")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     fleets = fleet.fleets()
     if args.json:

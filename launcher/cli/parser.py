@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fleet", nargs="?", help="fleet name (default: the only one running)")
     p.set_defaults(handler=commands.cmd_down)
 
+    p = sub.add_parser("group", help="load or unload a model group of a running fleet")
+    p.add_argument("action", choices=("load", "unload"), help="load or unload")
+    p.add_argument("fleet", metavar="FLEET", help="the fleet, as 'status' names it")
+    p.add_argument("group", metavar="GROUP", help="the group (model) name")
+    p.set_defaults(handler=commands.cmd_group)
+
     p = sub.add_parser("status", help="fleets, workers, tokens/s")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=commands.cmd_status)

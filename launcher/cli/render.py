@@ -254,6 +254,19 @@ def print_status(fleets: list[FleetState]) -> None:
             )
             if w.message:
                 print(f"      {w.message}")
+        if len(f.groups) > 1 or any(g.on_demand for g in f.groups):
+            gw = max([10, *(len(g.name) + 2 for g in f.groups)])
+            print(f"  {'group':<{gw}}{'state':<10}{'kind':<12}workers, names")
+            for g in f.groups:
+                state = g.state + ("*" if g.on_demand else "")
+                names = ", ".join([g.name, *g.aliases])
+                workers = " ".join(w.rsplit("/", 1)[-1] for w in g.workers)
+                idle = f"; idle {g.idle_s:.0f} of {g.ttl_s:.0f} s" if g.idle_s is not None else ""
+                print(f"  {g.name:<{gw}}{state:<10}{g.kind:<12}{workers}: {names}{idle}")
+                if g.message:
+                    print(f"      {g.message}")
+            if any(g.on_demand for g in f.groups):
+                print("  * on demand: loaded on its first request, unloaded after its ttl")
 
 
 def print_load(result: LoadResult) -> None:

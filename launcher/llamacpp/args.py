@@ -103,6 +103,7 @@ class ServerArgs:
     fit_off: bool = False  # --fit off, so that what runs is what was planned
     threads: int | None = None  # -t
     mmproj: str | None = None
+    alias: str | None = None  # --alias: the model name its answers carry (the group's)
     embeddings: bool = False  # an embedding model's worker: --embeddings (/v1/embeddings only)
     reranking: bool = False  # a reranker's worker: --reranking (/v1/rerank)
     defaults: tuple[str, ...] = ()  # the launcher's own choices over llama.cpp's (default_flags)
@@ -149,6 +150,8 @@ class ServerArgs:
             argv += ["-t", str(self.threads)]
         if self.mmproj:
             argv += ["--mmproj", self.mmproj]
+        if self.alias and not {"--alias", "-a"} & {a.split("=")[0] for a in self.extra}:
+            argv += ["--alias", self.alias]
         if self.embeddings:
             argv.append("--embeddings")
         if self.reranking:

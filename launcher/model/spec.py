@@ -307,3 +307,12 @@ def read_mmproj_bytes(path: Path) -> int:
     """Bytes of a vision projector (``--mmproj``): all its tensors, loaded on one card."""
     header = gf.read_header(path)
     return sum(t.nbytes for t in header.tensors)
+
+
+def name_from_model(path: Path | str) -> str:
+    """The name a model is served under by default (its group's): the file's stem without the
+    split suffix, made a valid name (letters, digits, ``-_.``, at most 64, no leading dot)."""
+    stem = Path(path).name.removesuffix(".gguf")
+    stem = re.sub(r"-\d{5}-of-\d{5}$", "", stem)
+    made = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem).lstrip(".")
+    return made[:64] or "fleet"

@@ -18,7 +18,7 @@ from launcher.gpu.card import GpuCard
 from launcher.gpu.inventory import Host
 from launcher.llamacpp.args import ServerArgs
 from launcher.llamacpp.probe import ServerTarget, default_flags
-from launcher.model.spec import ModelSpec
+from launcher.model.spec import ModelSpec, name_from_model
 from launcher.plan import memory as mem
 from launcher.plan import perf
 from launcher.plan.memory import CardMemory
@@ -151,6 +151,7 @@ def _args(ctx: _Ctx, port: int, slots: int, **placement: object) -> ServerArgs:
         kv_type=w.kv_type,
         defaults=default_flags(ctx.server),
         mmproj=ctx.mmproj_arg,
+        alias=name_from_model(ctx.spec.path),
         **placement,  # type: ignore[arg-type]
     )
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from launcher.errors import LauncherError
 from launcher.llamacpp.args import ServerArgs
+from launcher.model.spec import name_from_model as name_from_model
 
 GROUP_KINDS = ("generation", "embedding", "rerank")
 GOALS = ("throughput", "latency", "context")
@@ -35,14 +35,6 @@ def check_name(name: str, what: str = "fleet") -> str:
             "and '.', not starting with '.'."
         )
     return name
-
-
-def name_from_model(path: Path | str) -> str:
-    """A group name from a model file: its stem without the split suffix, made valid."""
-    stem = Path(path).name.removesuffix(".gguf")
-    stem = re.sub(r"-\d{5}-of-\d{5}$", "", stem)
-    made = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem).lstrip(".")
-    return made[:64] or "fleet"
 
 
 def unique_name(name: str, taken: set[str] | list[str]) -> str:
