@@ -78,6 +78,7 @@ EXTRA_FLAGS = {
     "--log-prefix",
     "--cache-ram",
     "--backend-sampling",
+    "--pooling",
 }
 
 KV_TYPES = ("f16", "q8_0", "q4_0")

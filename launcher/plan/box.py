@@ -173,7 +173,7 @@ class BoxResult:
         """DESIGN.md's ``plan --json`` for several models."""
         return {
             "models": [
-                {"name": r.name, **r.spec.to_json(), "workload": r.workload.to_json()}
+                {**r.spec.to_json(), "group": r.name, "workload": r.workload.to_json()}
                 for r in self.requests
             ],
             "workload": {"goal": self.goal},
@@ -392,8 +392,12 @@ def plan_box(
         beam = _distinct(grown)[:BEAM]
     most = max(len(state.placed) for state in beam)
     # a model goes on demand only where it cannot be resident beside the others
-    finished = [_on_demand(planner, state, alone) for state in beam if len(state.placed) == most]
-    finished.sort(key=lambda s: (-sum(not p.on_demand for p in s.placed), -len(s.placed), -s.score))
+    finished = [
+        _on_demand(planner, state, alone, start) for state in beam if len(state.placed) == most
+    ]
+    finished.sort(
+        key=lambda s: (len(s.left_out), -sum(not p.on_demand for p in s.placed), -s.score)
+    )
     plans: list[BoxPlan] = []
     seen: set[tuple[object, ...]] = set()
     for state in finished:
@@ -442,23 +446,44 @@ def _distinct(states: list[_State]) -> list[_State]:
     return out
 
 
-def _on_demand(planner: _Planner, state: _State, alone: dict[str, float]) -> _State:
-    """Place the models left out as on-demand groups in the memory the resident ones leave;
-    two on-demand groups whose sum does not fit on a card they share are exclusive."""
+def _residual(start: _State, placed: Sequence[Placement]) -> _State:
+    """What the resident placements leave of ``start``."""
+    out = start.fork()
+    for p in placed:
+        if not p.on_demand:
+            for c in p.layout.cards:
+                out.free[c.card] = out.free.get(c.card, 0) - c.total_bytes
+            out.ram -= p.layout.host_bytes
+    return out
+
+
+def _on_demand(planner: _Planner, state: _State, alone: dict[str, float], start: _State) -> _State:
+    """Place the models left out as on-demand groups: in the memory the resident ones leave
+    if they fit there; else on the cards as if empty, the resident groups on those cards
+    turned on-demand too (they take turns). On-demand groups whose sum does not fit on a
+    card they share are exclusive: loading one unloads the other."""
     out = state.fork()
     out.left_out = []
     for request in state.left_out:
-        options = planner.candidates(request, state)
+        options = planner.candidates(request, _residual(start, out.placed))
         if not options:
-            out.left_out.append(request)
-            continue
+            options = planner.candidates(request, start)
+            if not options:
+                out.left_out.append(request)
+                continue
+            _, taken = max(options, key=lambda o: _value(o[0], planner.goal))
+            out.placed = [
+                dataclasses.replace(p, on_demand=True) if set(p.cards) & set(taken) else p
+                for p in out.placed
+            ]
         layout, cards = max(options, key=lambda o: _value(o[0], planner.goal))
         out = planner.place(out, request, layout, cards, alone[request.name], on_demand=True)
+    residual = _residual(start, out.placed)
     on_demand = [p for p in out.placed if p.on_demand]
     exclusive: dict[str, set[str]] = {p.name: set() for p in on_demand}
     for i, a in enumerate(on_demand):
         for b in on_demand[i + 1 :]:
-            if _clash(a, b, state):
+            if _clash(a, b, residual):
                 exclusive[a.name].add(b.name)
                 exclusive[b.name].add(a.name)
     out.placed = [
@@ -511,10 +536,16 @@ def _reason(plan: BoxPlan, best: float, goal: str) -> str:
         if best > 0
         else "Another option"
     )
-    text = (
-        f"{head}: the models get {', '.join(f'{p.share:.0%}' for p in plan.resident)} of the "
-        f"{what} each would get with the box to itself. " + "; ".join(parts) + "."
-    )
+    resident = plan.resident
+    if resident:
+        shares = ", ".join(f"{p.share:.0%}" for p in resident)
+        text = f"{head}: the resident models get {shares} of the {what} each would get alone. "
+    else:
+        text = (
+            f"{head}: these models cannot be resident together, so each loads on demand and "
+            "they take turns on the cards. "
+        )
+    text += "; ".join(parts) + "."
     if plan.missing:
         text += " " + " ".join(plan.missing)
     return text

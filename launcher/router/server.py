@@ -592,8 +592,10 @@ class Router:
             last_error = started or last_error
             if not any(m.healthy and m.name not in tried for m in group.members):
                 break
-        return web.json_response(
-            {"error": {"message": f"upstream failed: {last_error}", "code": 502}}, status=502
+        self.rejected_total += 1
+        return self._busy(
+            f"no worker of model {group.name} answered ({last_error}); the supervisor restarts "
+            "failed workers, retry shortly"
         )
 
     def _slot_for(self, path: str, body: object, m: Member, key: str | None) -> int | None:

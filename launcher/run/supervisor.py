@@ -273,6 +273,7 @@ class GroupRun:
         self.last_used = time.monotonic()
         self.in_flight = 0
         self.message = ""
+        self.unloading = False  # its workers are being stopped
         self.task: asyncio.Task[None] | None = None  # a load or unload in progress
 
     @property
@@ -490,12 +491,16 @@ class Supervisor:
     # -- on-demand groups (RouterControl) ---------------------------------------------------
 
     def load_group(self, name: str) -> None:
-        """Load group ``name`` in the background (nothing if loaded or loading)."""
+        """Load group ``name`` in the background (nothing if loaded or loading); after an
+        unload in progress, once it is done."""
         run = self.groups.get(name)
-        if run is None or run.state in ("running", "loading") or self._session is None:
+        if run is None or self._session is None:
+            return
+        if run.state in ("running", "loading") and not run.unloading:
             return
         run.state = "loading"
-        run.task = asyncio.create_task(self._load(run, self._session))
+        run.unloading = False
+        run.task = asyncio.create_task(self._load(run, self._session, after=run.task))
 
     def group_used(self, name: str, in_flight: int) -> None:
         run = self.groups.get(name)
@@ -504,15 +509,24 @@ class Supervisor:
             run.in_flight = in_flight
 
     def unload_group(self, name: str, why: str) -> None:
+        """Stop group ``name``'s workers in the background; it is "unloaded" once they are."""
         run = self.groups.get(name)
-        if run is None or run.state == "unloaded":
+        if run is None or run.state == "unloaded" or run.unloading:
             return
         if run.task is not None and not run.task.done():
-            run.task.cancel()
-        run.state = "unloaded"
+            run.task.cancel()  # a load in progress
+        run.unloading = True
         run.task = asyncio.create_task(self._unload(run, why))
 
-    async def _load(self, run: GroupRun, session: aiohttp.ClientSession) -> None:
+    async def _load(
+        self,
+        run: GroupRun,
+        session: aiohttp.ClientSession,
+        after: asyncio.Task[None] | None = None,
+    ) -> None:
+        if after is not None and not after.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await after
         started = time.monotonic()
         for other in run.spec.exclusive_with:
             evicted = self.groups[other]
@@ -521,7 +535,8 @@ class Supervisor:
                     f"Unloading {other} to make room for {run.name} (the plan says they "
                     "cannot be resident together)."
                 )
-                evicted.state = "unloaded"
+                if evicted.task is not None and not evicted.task.done():
+                    evicted.task.cancel()
                 await self._unload(evicted, f"to make room for {run.name}")
         self.say(f"Loading group {run.name} on demand: {len(run.workers)} worker(s).")
         self._publish_groups()
@@ -550,7 +565,10 @@ class Supervisor:
         self._save()
 
     async def _unload(self, run: GroupRun, why: str) -> None:
+        run.unloading = True
         await asyncio.gather(*(w.stop() for w in run.workers))
+        run.unloading = False
+        run.state = "unloaded"
         run.message = f"unloaded {why}"
         self.say(f"Group {run.name} unloaded {why}.")
         self._publish_groups()
@@ -564,6 +582,7 @@ class Supervisor:
             if (
                 run.spec.on_demand
                 and run.state == "running"
+                and not run.unloading
                 and run.in_flight == 0
                 and idle > run.spec.ttl_s
             ):
