@@ -368,10 +368,10 @@ def test_bench_of_a_profile_starts_workers_with_its_extra_flags(
     assert second.args.argv() == (
         "llama-server", "-m", "m.gguf", "--host", "127.0.0.1", "--port", "8082", "-c", "1024",
         "-np", "4", "-fa", "on", "--metrics", "-ctk", "f16", "-ctv", "f16", "--cache-ram", "0",
-        "-ngl", "0", "--temp", "0.7",
+        "-ngl", "0", "--alias", "llama-tiny-1", "--temp", "0.7",
     )  # fmt: skip
     assert workers("--cache-ram", "8192")[0].args.argv()[-4:] == (
-        "-ngl", "0", "--cache-ram", "8192",
+        "--alias", "llama-tiny-1", "--cache-ram", "8192",
     )  # fmt: skip
     argv = workers("--cache-ram=8192")[0].args.argv()
     assert "--cache-ram" not in argv and argv[-1] == "--cache-ram=8192"

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from launcher.app import hardware
 from launcher.model.spec import read_model_spec
 from launcher.plan.box import BoxPlan, ModelRequest, plan_box
 from launcher.plan.workload import Workload
+from launcher.profiles.store import read_toml
 from tests.conftest import run_cli
 
 PRO_AND_5060 = """format = 1
@@ -187,7 +187,7 @@ def test_profile_save_of_several_models_writes_one_group_each(
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    saved = tomllib.loads((launcher_home / "config" / "launch" / "pair.toml").read_text())
+    saved = read_toml(launcher_home / "config" / "launch" / "pair.toml")
     assert saved["format"] == 2
     assert [(g["name"], g["users"], g["layout"]) for g in saved["groups"]] == [
         ("llama-tiny-1", 1, "cpu:1"),

@@ -105,8 +105,8 @@ def test_requests_spread_and_stream_in_chunks(two_servers: list) -> None:  # typ
         for t in threads:
             t.join()
         m = metrics(url)
-        assert m['llama_launcher_requests_total{worker="m0"}'] >= 1
-        assert m['llama_launcher_requests_total{worker="m1"}'] >= 1
+        assert m['llama_launcher_requests_total{worker="m0",group="default"}'] >= 1
+        assert m['llama_launcher_requests_total{worker="m1",group="default"}'] >= 1
         assert m['llama_launcher_tokens_total{worker="all"}'] == 8 * 24
         # a stream arrives in several pieces, as the worker sends them
         req = urllib.request.Request(
@@ -157,8 +157,8 @@ def test_a_killed_worker_leaves_rotation(two_servers: list) -> None:  # type: ig
         later = [post(f"{url}/completion", completion(8))[0] for _ in range(6)]
         assert later == [200] * 6
         m = metrics(url)
-        assert m['llama_launcher_worker_healthy{worker="m0"}'] == 0
-        assert m['llama_launcher_worker_healthy{worker="m1"}'] == 1
+        assert m['llama_launcher_worker_healthy{worker="m0",group="default"}'] == 0
+        assert m['llama_launcher_worker_healthy{worker="m1",group="default"}'] == 1
     finally:
         router.terminate()
         router.wait(10)

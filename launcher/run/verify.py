@@ -14,8 +14,18 @@ from pathlib import Path
 
 from launcher.errors import LauncherError
 
-_SERVER_ONLY_WITH_VALUE = {"--host", "--port", "-np", "--parallel", "-ctk", "-ctv", "--cache-ram"}
-_SERVER_ONLY = {"--metrics"}
+_SERVER_ONLY_WITH_VALUE = {
+    "--host",
+    "--port",
+    "-np",
+    "--parallel",
+    "-ctk",
+    "-ctv",
+    "--cache-ram",
+    "--alias",
+    "--pooling",
+}
+_SERVER_ONLY = {"--metrics", "--embeddings", "--reranking"}
 
 
 @dataclass(frozen=True)
