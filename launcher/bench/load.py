@@ -36,7 +36,7 @@ class LoadSpec:
     prompt_tokens: int = 64
     api: str = "completion"  # completion (llama.cpp native) or openai
     api_key: str | None = None
-    model: str = "default"
+    model: str | None = None  # the model (group) to ask for; None: the server's default
     timeout_s: float = 600.0
     stagger_s: float = 0.0  # client i sends its first request i x this later (0: lockstep)
 
@@ -79,9 +79,10 @@ def _pct(values: list[float], q: float) -> float:
 def _body(spec: LoadSpec, index: int) -> tuple[str, dict[str, Any]]:
     # a distinct first word per request keeps the prompt cache from hiding prompt work
     prompt = f"Request {index}:" + _WORD * max(spec.prompt_tokens - 3, 1)
+    named = {"model": spec.model} if spec.model else {}
     if spec.api == "openai":
         return "/v1/completions", {
-            "model": spec.model,
+            **named,
             "prompt": prompt,
             "max_tokens": spec.max_tokens,
             "stream": True,
@@ -90,6 +91,7 @@ def _body(spec: LoadSpec, index: int) -> tuple[str, dict[str, Any]]:
             "temperature": 0,
         }
     return "/completion", {
+        **named,
         "prompt": prompt,
         "n_predict": spec.max_tokens,
         "stream": True,

@@ -273,6 +273,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         args.prompt_tokens,
         args.api,
         bench.api_key(args.api_key_env),
+        args.model,
     )
     if not args.json:
         say(

@@ -245,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="completion",
         help="llama.cpp's /completion or /v1/completions (completion)",
     )
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the model (group) to ask for, by name or alias (default: the fleet's default)",
+    )
     p.add_argument("--api-key-env", metavar="VAR", help="variable holding a Bearer key")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=commands.cmd_load)
