@@ -41,6 +41,11 @@ from launcher.plan.workload import Workload
 GIB = 1 << 30
 BEAM = 16
 PLANS_SHOWN = 3
+# How much of the other groups' reads on a shared card delay a group's step: 1 would be strict
+# turns. Two llama-servers on one H200 (8B and 14B at 8 users each) kept 50% and 74% of their
+# speed alone, where strict turns gives 35% and 65%: 0.65 fits both within 5 points
+# (docs/validation/2026-11-30-h200x2-model-groups.md). One card kind, one pair: a first figure.
+SHARED_OVERLAP = 0.65
 
 
 @dataclass(frozen=True)
@@ -208,11 +213,11 @@ def _score(placed: Sequence[Placement]) -> float:
 
 
 def _contended(placed: Sequence[Placement]) -> list[Placement]:
-    """``placed`` with each resident group's part of the cards it shares: when groups share a
-    card and are busy at once, each step of one waits for the others' reads, so a group gets
-    the card's bandwidth in proportion to the bytes it reads there (its weights on the card,
-    against all resident groups' on that card). A group over several cards gets the mean of
-    its cards' parts. On-demand groups are not counted (they may be unloaded)."""
+    """``placed`` with each resident group's part of the cards it shares. When groups share a
+    card and are busy at once, a step of one waits for part of the others' reads: a group
+    reading ``b`` bytes on a card where the others read ``o`` gets ``b / (b + SHARED_OVERLAP x
+    o)`` of its speed alone. A group over several cards gets the mean of its cards' parts.
+    On-demand groups are not counted (they may be unloaded)."""
     reads: dict[int, int] = {}
     for p in placed:
         if not p.on_demand:
@@ -220,11 +225,16 @@ def _contended(placed: Sequence[Placement]) -> list[Placement]:
                 reads[c.card] = reads.get(c.card, 0) + c.weights_bytes
     out = []
     for p in placed:
-        parts = [c.weights_bytes / reads[c.card] for c in p.layout.cards if reads.get(c.card)]
-        if p.on_demand or not parts:
+        if p.on_demand:
             out.append(dataclasses.replace(p, contention=1.0))
-        else:
-            out.append(dataclasses.replace(p, contention=sum(parts) / len(parts)))
+            continue
+        parts = [
+            c.weights_bytes / (c.weights_bytes + SHARED_OVERLAP * (reads[c.card] - c.weights_bytes))
+            for c in p.layout.cards
+            if c.weights_bytes > 0
+        ]
+        contention = sum(parts) / len(parts) if parts else 1.0
+        out.append(dataclasses.replace(p, contention=contention))
     return out
 
 
