@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.app import bench, fleet, hardware, models, planning, route, server
+from launcher.app import bench, export, fleet, hardware, models, planning, route, server
 from launcher.bench import report, results
 from launcher.bench.load import LoadSpec
 from launcher.cli import render
@@ -247,6 +247,16 @@ def cmd_profile_save(args: argparse.Namespace) -> int:
         )
     groups = ", ".join(f"{g.name} ({g.layout})" for g in spec.groups)
     print(f"Saved launch profile '{args.name}', {groups}: {path}")
+    return 0
+
+
+def cmd_profile_export(args: argparse.Namespace) -> int:
+    text = export.export(args.name, args.format)
+    if args.output:
+        path = export.write_export(text, Path(args.output), force=args.force)
+        print(f"Wrote {args.format} config of profile {args.name}: {path}")
+    else:
+        print(text, end="")
     return 0
 
 

@@ -227,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="router port (8080); workers above it")
     p.add_argument("--force", action="store_true", help="replace an existing profile")
     p.set_defaults(handler=commands.cmd_profile_save)
+    p = pr_sub.add_parser(
+        "export", help="a launch profile, planned here, as llama-swap or llama-server config"
+    )
+    p.add_argument("name", metavar="NAME", help="a launch profile name or path")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("llama-swap", "llama-server"),
+        help="llama-swap: config.yaml; llama-server: presets INI for --models-preset",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write it here (default: print it)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.set_defaults(handler=commands.cmd_profile_export)
     p = pr_sub.add_parser("list", help="launch and hardware profiles")
     p.set_defaults(handler=commands.cmd_profile_list)
     p = pr_sub.add_parser("show", help="print a launch profile")
