@@ -17,6 +17,7 @@ from launcher.benchmarks import (
     holdout,
     nvidia_smi,
     plan_speed,
+    group_routing,
     router_cost,
     tui_refresh,
 )
@@ -43,6 +44,12 @@ def test_router_cost_passes_every_chunk() -> None:
     cost = router_cost.measure(requests=20, chunks=5, interval_ms=2.0, streams=4)
     assert cost.via_chunks == 4 * (5 + 1)
     assert cost.direct_p50_ms > 0 and cost.via_p50_ms > 0 and cost.stream_ratio > 0
+
+
+def test_group_routing_times_both_routers() -> None:
+    cost = group_routing.measure(requests=50, groups=3)
+    assert cost.requests == 50 and cost.groups == 3
+    assert cost.one_group_p50_ms > 0 and cost.many_groups_p50_ms > 0
 
 
 async def test_tui_refresh_times_each_round() -> None:

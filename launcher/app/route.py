@@ -1,7 +1,9 @@
 """``route``: the router alone, over llama-servers that are already running.
 
 With no supervisor, this use case keeps one poller per server and hands the router their
-snapshots, as a fleet's supervisor does.
+snapshots, as a fleet's supervisor does. Servers given as ``NAME=URL`` form model groups by
+name (requests pick one by their ``model`` field, as in a fleet); servers without a name are
+one group.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import aiohttp
 from launcher.errors import LauncherError
 from launcher.llamacpp.poll import POLL_INTERVAL_S, WorkerPoller
 from launcher.router.balancer import Member
-from launcher.router.server import Router, RouterConfig, one_group, require_key_for
+from launcher.router.server import RouteGroup, Router, RouterConfig, require_key_for
 from launcher.run.supervisor import env_key
 
 
 @dataclass(frozen=True)
 class RouteRequest:
-    urls: tuple[str, ...]  # http://HOST:PORT[@WEIGHT]
+    urls: tuple[str, ...]  # [NAME=]http://HOST:PORT[@WEIGHT]
     host: str = "127.0.0.1"
     port: int = 8080
     api_key_env: str | None = None
@@ -35,25 +37,44 @@ class RouteRequest:
 
 def members(request: RouteRequest) -> list[Member]:
     """The servers behind the router; raises one sentence for a bad URL or weight."""
+    return [m for _, m in _named(request)]
+
+
+def _named(request: RouteRequest) -> list[tuple[str, Member]]:
+    """Each server with its group name ("default" when none is given)."""
     upstream_key = env_key(request.upstream_key_env, "upstream servers' API key")
     out = []
     for i, text in enumerate(request.urls):
-        url, _, weight = text.partition("@")
+        name, sep, rest = text.partition("=")
+        if not sep or name.startswith(("http://", "https://")):
+            name, rest = "default", text
+        url, _, weight = rest.partition("@")
         if not url.startswith(("http://", "https://")):
-            raise LauncherError(f"'{text}' is not a server URL; give http://HOST:PORT[@WEIGHT].")
+            raise LauncherError(
+                f"'{text}' is not a server URL; give [NAME=]http://HOST:PORT[@WEIGHT]."
+            )
         try:
             w = float(weight) if weight else 1.0
         except ValueError as err:
             raise LauncherError(f"'{weight}' in '{text}' is not a weight; use a number.") from err
-        out.append(Member(f"m{i}", url.rstrip("/"), w, upstream_key))
+        out.append((name, Member(f"m{i}", url.rstrip("/"), w, upstream_key)))
     return out
+
+
+def groups(request: RouteRequest) -> list[RouteGroup]:
+    """The servers as model groups, in the order their names first appear."""
+    by_name: dict[str, list[Member]] = {}
+    for name, member in _named(request):
+        by_name.setdefault(name, []).append(member)
+    return [RouteGroup(name, found) for name, found in by_name.items()]
 
 
 def serve(request: RouteRequest, say: Callable[[str], None]) -> int:
     """Run the router until Ctrl-C or SIGTERM."""
     key = env_key(request.api_key_env, "router's API key")
     require_key_for(request.host, key, request.api_key_env)
-    servers = members(request)
+    served = groups(request)
+    servers = [m for g in served for m in g.members]
     config = RouterConfig(
         request.host,
         request.port,
@@ -64,7 +85,7 @@ def serve(request: RouteRequest, say: Callable[[str], None]) -> int:
     )
 
     async def main() -> None:
-        router = Router(one_group(servers), config)
+        router = Router(served, config)
         pollers = {m.name: WorkerPoller(m.url, m.api_key) for m in servers}
         async with aiohttp.ClientSession() as session:
 

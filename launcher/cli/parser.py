@@ -178,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("route", help="run the router alone over running llama-servers")
     p.add_argument(
-        "urls", metavar="URL[@WEIGHT]", nargs="+", help="llama-servers, e.g. http://127.0.0.1:8081"
+        "urls",
+        metavar="[NAME=]URL[@WEIGHT]",
+        nargs="+",
+        help="llama-servers, e.g. http://127.0.0.1:8081; NAME= makes model groups routed by name",
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")

@@ -133,11 +133,6 @@ class RouteGroup:
         self.latency_s = seconds if self.latency_s == 0 else 0.8 * self.latency_s + 0.2 * seconds
 
 
-def one_group(members: list[Member], name: str = "default") -> list[RouteGroup]:
-    """A router over ``members`` as one group (``llama-launcher route``, the benchmarks)."""
-    return [RouteGroup(name, members)]
-
-
 def prompt_tokens(body: dict[str, Any]) -> int:
     """An estimate of a request's prompt tokens, from its characters (the size rule)."""
     prompt = body.get("prompt", body.get("input", ""))
