@@ -14,10 +14,10 @@ from launcher.bench.results import BenchRun
 from launcher.benchmarks import (
     fleet,
     gpu_sampler,
+    group_routing,
     holdout,
     nvidia_smi,
     plan_speed,
-    group_routing,
     router_cost,
     tui_refresh,
 )

@@ -72,8 +72,8 @@ async def test_dashboard_shows_live_cards_and_workers() -> None:
         workers = app.query_one("#workers", DataTable)
         assert workers.row_count == 2
         first = workers.get_row_at(0)
-        assert first[:6] == ["tiny/w0", "healthy", "0", "0", "1/4", "41.5"]
-        assert workers.get_row_at(1)[1:4] == ["restarting", "1", "2"]
+        assert first[:7] == ["tiny/w0", "", "healthy", "0", "0", "1/4", "41.5"]
+        assert workers.get_row_at(1)[2:5] == ["restarting", "1", "2"]
         live = app.query_one("#live-cards", DataTable)
         assert live.row_count == 2
         assert "70%" in live.get_row_at(0)[2] and "mem busy" in live.get_row_at(0)[2]
@@ -133,7 +133,7 @@ async def test_main_flow_on_a_real_cpu_server(
         for _ in range(240):
             await pilot.pause(0.25)
             if workers.row_count == 2 and all(
-                workers.get_row_at(i)[1] == "healthy" for i in range(2)
+                workers.get_row_at(i)[2] == "healthy" for i in range(2)
             ):
                 break
         assert workers.row_count == 2
@@ -156,7 +156,7 @@ async def test_main_flow_on_a_real_cpu_server(
         for _ in range(80):
             await pilot.pause(0.25)
             rows = [workers.get_row_at(i) for i in range(workers.row_count)]
-            seen = max([seen] + [float(r[5]) for r in rows])
+            seen = max([seen] + [float(r[6]) for r in rows])
             if seen > 0:
                 break
         sender.join()
@@ -244,7 +244,7 @@ async def test_profiles_load_and_delete_with_confirmation(
         app.action_show("profiles")
         await pilot.pause()
         table = app.query_one("#profiles-table", DataTable)
-        assert table.get_row_at(0)[1:3] == ["mine", "user"]
+        assert table.get_row_at(0)[1:4] == ["mine", "m", "user"]  # its one group: m
         table.move_cursor(row=0)
         app.query_one("#profile-load", Button).press()
         for _ in range(30):  # the model's message travels up the panes: on a busy box, a while
@@ -269,7 +269,7 @@ async def test_profiles_load_and_delete_with_confirmation(
         app.screen.query_one("#yes", Button).press()
         await pilot.pause()
         assert not saved.exists()
-        assert table.get_row_at(0)[2] == "example"  # shipped examples cannot be deleted
+        assert table.get_row_at(0)[3] == "example"  # shipped examples cannot be deleted
 
 
 async def test_quit_asks_about_fleets_started_here() -> None:

@@ -168,3 +168,68 @@ async def test_launch_starts_the_commands_the_plan_screen_shows(
     finally:
         for f in fleets():
             stop(f.name, lambda line: None)
+
+
+async def test_launch_of_a_box_of_two_models_starts_what_the_card_map_shows(
+    launcher_home: Path, model_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    first = model_factory("llama", "8b", sparse=True)
+    second = model_factory("qwen3", "8b", sparse=True)
+    port = base_port()
+    svc = Services(
+        gpu_backend=gpu_boxes.four_h100_backend,
+        host=lambda: HOST,
+        server=lambda: ServerTarget(str(FAKE)),
+        router_port=lambda: port,
+        models_dir=tmp_path,
+        model_places=lambda: [],
+        sample_interval_s=0.2,
+    )
+    app = LauncherApp(svc, model=first)
+    try:
+        async with app.run_test(size=(140, 45)) as pilot:
+            await pilot.pause(0.3)
+            app.action_show("plan")
+            choose(app, users="4")
+            app.query_one("#plan-box-add", Button).press()
+            app.query_one("#model-pane").open(second)  # type: ignore[attr-defined]
+            await pilot.pause(0.3)
+            choose(app, users="8")
+            app.query_one("#plan-box-add", Button).press()
+            await pilot.pause(0.1)
+            assert "llama-8b-1-sparse.gguf (4 users)" in str(app.query_one("#plan-box").render())
+            app.query_one("#plan-run", Button).press()
+            await pilot.pause(0.3)
+            detail = str(app.query_one("#plan-detail").render())
+            assert "A = llama-8b-1-sparse" in detail and "B = qwen3-8b-1-sparse" in detail
+            assert "card 0:" in detail  # the card map
+            shown = shown_commands(app)
+            assert any(str(first) in line for line in shown)
+            assert any(str(second) in line for line in shown)
+            ports = [int(line.split("--port ")[1].split()[0]) for line in shown]
+            assert ports == list(range(port + 1, port + 1 + len(shown)))
+            await pilot.press("l")
+            await pilot.pause(0.2)
+            for _ in range(200):
+                await pilot.pause(0.1)
+                running = [f for f in app.fleets if f.workers]
+                if running and all(w.state == "healthy" for w in running[0].workers):
+                    break
+            running = [f for f in fleets() if f.workers]
+            assert len(running) == 1, "the fleet did not come up"
+            assert [g.name for g in running[0].groups] == [
+                "llama-8b-1-sparse",
+                "qwen3-8b-1-sparse",
+            ]
+            started = []
+            for w in running[0].workers:
+                assert w.pid is not None and proc_argv(w.pid) == w.argv
+                env = proc_env(w.pid)
+                started.append(
+                    f"CUDA_DEVICE_ORDER={env['CUDA_DEVICE_ORDER']} "
+                    f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} {' '.join(w.argv)}"
+                )
+            assert started == shown
+    finally:
+        for f in fleets():
+            stop(f.name, lambda line: None)

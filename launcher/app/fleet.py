@@ -25,7 +25,7 @@ from launcher.gpu.inventory import Inventory
 from launcher.llamacpp.args import ServerArgs
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec, read_model_spec
-from launcher.plan.box import ModelRequest, plan_box
+from launcher.plan.box import BoxPlan, ModelRequest, Placement, plan_box
 from launcher.plan.layouts import Layout, select_cards, with_tensor_split
 from launcher.plan.workload import Workload
 from launcher.profiles import launch
@@ -123,13 +123,7 @@ def spec_for_layout(
     """A fleet of one group that runs ``layout`` as planned: the Plan screen's Launch, or
     (``launch=False``) its "Save as profile", which may be for a hardware profile's cards and
     then names that hardware."""
-    profile = None if inventory.source == "nvml" else inventory.source.split(":", 1)[-1]
-    if launch and profile is not None:
-        raise LauncherError(
-            f"This plan is for hardware profile {profile}, whose cards are not in this box; "
-            "pick 'This box' on the Hardware screen and plan again to launch, or save it as a "
-            "launch profile."
-        )
+    profile = _profile_of(inventory, launch)
     group = group_from_layout(model, layout, workload, inventory)
     return FleetSpec(
         check_name(name or group.name, "fleet" if launch else "profile"),
@@ -137,6 +131,18 @@ def spec_for_layout(
         RouterSpec(port=router_port),
         hardware=profile,
     )
+
+
+def _profile_of(inventory: Inventory, launch: bool) -> str | None:
+    """The hardware profile a plan is for (None: this box); a launch needs this box."""
+    profile = None if inventory.source == "nvml" else inventory.source.split(":", 1)[-1]
+    if launch and profile is not None:
+        raise LauncherError(
+            f"This plan is for hardware profile {profile}, whose cards are not in this box; "
+            "pick 'This box' on the Hardware screen and plan again to launch, or save it as a "
+            "launch profile."
+        )
+    return profile
 
 
 def router_port(preferred: int = DEFAULT_ROUTER_PORT) -> int:
@@ -319,20 +325,61 @@ def _plan_box(
             layout = with_tensor_split(
                 models[group.name], layout, group.tensor_split, request.workload
             )
-        planned = group_from_layout(
-            models[group.name], layout, request.workload, box, base=group, settings=group.server
-        )
-        planned = replace(
-            planned,
-            on_demand=placed.on_demand,
-            exclusive_with=group.exclusive_with or placed.exclusive_with,
-        )
+        planned = group_from_placement(placed, box, base=group, layout=layout)
         if placed.on_demand and not group.on_demand:
             lines.append(f"Group {group.name} loads on demand: it does not fit beside the others.")
         if replan:
             lines += _changes(group, planned)
         groups.append(planned)
     return groups, lines
+
+
+def group_from_placement(
+    placed: Placement,
+    inventory: Inventory,
+    *,
+    base: GroupSpec | None = None,
+    layout: Layout | None = None,
+) -> GroupSpec:
+    """The group that runs one model of a box plan (``group_from_layout``), on demand and
+    exclusive as the plan says (a profile's own exclusions win)."""
+    request = placed.request
+    group = group_from_layout(
+        request.spec,
+        layout or placed.layout,
+        request.workload,
+        inventory,
+        name=placed.name,
+        base=base,
+        settings=base.server if base else DEFAULT_SETTINGS,
+    )
+    return replace(
+        group,
+        on_demand=placed.on_demand or group.on_demand,
+        exclusive_with=group.exclusive_with or placed.exclusive_with,
+    )
+
+
+def spec_for_box(
+    plan: BoxPlan,
+    inventory: Inventory,
+    *,
+    name: str | None = None,
+    router_port: int = DEFAULT_ROUTER_PORT,
+    launch: bool = True,
+) -> FleetSpec:
+    """A fleet of the box plan's groups, as planned: the Plan screen's Launch of several
+    models, or (``launch=False``) its "Save as profile"."""
+    profile = _profile_of(inventory, launch)
+    groups = [group_from_placement(p, inventory) for p in plan.placements]
+    if not groups:
+        raise LauncherError("This box plan places no model; plan again with fewer users.")
+    return FleetSpec(
+        check_name(name or groups[0].name, "fleet" if launch else "profile"),
+        _number_ports(groups, router_port),
+        RouterSpec(port=router_port),
+        hardware=profile,
+    )
 
 
 def _number_ports(groups: list[GroupSpec], router_port: int) -> tuple[GroupSpec, ...]:
@@ -634,6 +681,16 @@ def profile_text(target: str) -> tuple[Path, str]:
 
 def profiles() -> list[tuple[str, Path, str]]:
     return launch.list_profiles()
+
+
+def profile_models(path: Path) -> str:
+    """A launch profile's groups in a few words ("chat, small, embed*": * on demand), or why
+    it cannot be read."""
+    try:
+        spec = launch.load_launch_profile(path)
+    except LauncherError:
+        return "(cannot be read)"
+    return ", ".join(g.name + ("*" if g.on_demand else "") for g in spec.groups)
 
 
 def write_systemd_unit(profile: str, force: bool = False) -> Path:

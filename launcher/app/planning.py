@@ -3,6 +3,7 @@ this box's bench calibration beside them, and the notes ``plan`` prints."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,20 +318,50 @@ def plan_models(request: BoxRequest) -> BoxOutcome:
     count = len(request.models)
     users = per_model(request.users, count, "--users")
     ctxs = per_model(request.ctx, count, "--ctx")
+    models = [
+        (read_model_spec(path), u, c)
+        for path, u, c in zip(request.models, users, ctxs, strict=True)
+    ]
+    result = plan_models_on(
+        models,
+        box,
+        target,
+        kv_type=request.kv_type,
+        goal=request.goal,
+        layout=request.layout,
+        cards=request.cards,
+        exclude_cards=request.exclude_cards,
+        router_port=request.router_port,
+    )
+    return BoxOutcome(result, box, target, note)
+
+
+def plan_models_on(
+    models: Sequence[tuple[ModelSpec, int | None, int | None]],
+    box: Inventory,
+    target: ServerTarget,
+    *,
+    kv_type: str = "f16",
+    goal: str = "throughput",
+    layout: str = "auto",
+    cards: tuple[str, ...] = (),
+    exclude_cards: tuple[str, ...] = (),
+    router_port: int = DEFAULT_ROUTER_PORT,
+) -> BoxResult:
+    """The box plans of (model, users, ctx) on ``box``: each model a group named after its
+    file (``-2`` on a clash); the CLI's ``plan A B`` and the Plan screen's box."""
     requests: list[ModelRequest] = []
-    for path, u, c in zip(request.models, users, ctxs, strict=True):
-        model = read_model_spec(path)
-        name = unique_name(name_from_model(path), [r.name for r in requests])
+    for model, u, c in models:
+        name = unique_name(name_from_model(model.path), [r.name for r in requests])
         workload = model_workload(
             model,
             box.local,
             u,
             c,
-            kv_type=request.kv_type,
-            goal=request.goal,
-            cards=request.cards,
-            exclude_cards=request.exclude_cards,
+            kv_type=kv_type,
+            goal=goal,
+            cards=cards,
+            exclude_cards=exclude_cards,
         )
-        requests.append(ModelRequest(name, model, workload, request.layout))
-    result = plan_box(requests, box, target, request.goal, request.router_port)
-    return BoxOutcome(result, box, target, note)
+        requests.append(ModelRequest(name, model, workload, layout))
+    return plan_box(requests, box, target, goal, router_port)

@@ -96,11 +96,7 @@ class Placement:
 
     def describe(self) -> str:
         t = self.throughput
-        where = (
-            f"cards {','.join(map(str, self.cards))}"
-            if self.layout.cards
-            else f"the CPU ({self.layout.kind})"
-        )
+        where = f"cards {','.join(map(str, self.cards))}" if self.layout.cards else "the CPU"
         slots = sum(p.slots for p in self.layout.processes)
         text = (
             f"{self.name}: {self.layout.kind} on {where}, {self.layout.workers} worker(s), "
@@ -469,23 +465,40 @@ def _residual(start: _State, placed: Sequence[Placement]) -> _State:
 
 def _on_demand(planner: _Planner, state: _State, alone: dict[str, float], start: _State) -> _State:
     """Place the models left out as on-demand groups: in the memory the resident ones leave
-    if they fit there; else on the cards as if empty, the resident groups on those cards
-    turned on-demand too (they take turns). On-demand groups whose sum does not fit on a
-    card they share are exclusive: loading one unloads the other."""
+    if they fit there; else in turns with the smallest resident group whose memory makes
+    room (it becomes on-demand too); else on the cards as if empty, every resident group on
+    those cards turned on-demand. On-demand groups whose sum does not fit on a card they
+    share are exclusive: loading one unloads the other."""
     out = state.fork()
     out.left_out = []
     for request in state.left_out:
         options = planner.candidates(request, _residual(start, out.placed))
         if not options:
-            options = planner.candidates(request, start)
-            if not options:
-                out.left_out.append(request)
-                continue
-            _, taken = max(options, key=lambda o: _value(o[0], planner.goal))
-            out.placed = [
-                dataclasses.replace(p, on_demand=True) if set(p.cards) & set(taken) else p
-                for p in out.placed
-            ]
+            # take turns with one resident group, the smallest that makes room; else with
+            # every group on the cards it needs
+            residents = sorted(
+                (p for p in out.placed if not p.on_demand),
+                key=lambda p: p.request.spec.weights_bytes,
+            )
+            for other in residents:
+                rest = [p for p in out.placed if p is not other]
+                options = planner.candidates(request, _residual(start, rest))
+                if options:
+                    out.placed = [
+                        dataclasses.replace(p, on_demand=True) if p is other else p
+                        for p in out.placed
+                    ]
+                    break
+            else:
+                options = planner.candidates(request, start)
+                if not options:
+                    out.left_out.append(request)
+                    continue
+                _, taken = max(options, key=lambda o: _value(o[0], planner.goal))
+                out.placed = [
+                    dataclasses.replace(p, on_demand=True) if set(p.cards) & set(taken) else p
+                    for p in out.placed
+                ]
         layout, cards = max(options, key=lambda o: _value(o[0], planner.goal))
         out = planner.place(out, request, layout, cards, alone[request.name], on_demand=True)
     residual = _residual(start, out.placed)

@@ -58,6 +58,11 @@ class GroupState:
     ttl_s: float | None = None  # on-demand groups unload after this long unused
     idle_s: float | None = None  # since its last request, while loaded on demand
     message: str = ""  # why it failed, or what it evicted
+    tok_s: float = 0.0  # its workers' decode tokens/s, summed
+    requests: int = 0  # requests for it through the router (by name, default or rule)
+    queued: int = 0  # waiting for a free slot now
+    overflowed: int = 0  # of its requests, served by its overflow group
+    rule_routed: int = 0  # of its requests, sent to another group by its size rule
 
 
 @dataclass

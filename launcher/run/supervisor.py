@@ -371,7 +371,16 @@ class Supervisor:
         self._stop.set()
 
     def _save(self) -> None:
-        self.state.groups = [g.snapshot() for g in self.groups.values()]
+        groups = [g.snapshot() for g in self.groups.values()]
+        for g in groups:
+            g.tok_s = round(sum(w.state.tok_s for w in self.groups[g.name].workers), 1)
+            routed = self.router.groups.get(g.name) if self.router is not None else None
+            if routed is not None:
+                g.requests = routed.requests
+                g.queued = routed.balancer.waiting
+                g.overflowed = routed.overflowed
+                g.rule_routed = routed.rule_routed
+        self.state.groups = groups
         fleet_state.write_state(self.state)
 
     def _claim(self) -> None:

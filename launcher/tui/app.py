@@ -25,7 +25,7 @@ from launcher.errors import LauncherError
 from launcher.gpu.card import GpuSample
 from launcher.gpu.inventory import Inventory, from_backend
 from launcher.gpu.sampler import GpuSampler
-from launcher.tui.screens.dashboard import DashboardPane, RestartWorker, StopFleet
+from launcher.tui.screens.dashboard import DashboardPane, GroupAction, RestartWorker, StopFleet
 from launcher.tui.screens.hardware import HardwarePane, InventoryChanged
 from launcher.tui.screens.model import ModelChosen, ModelPane
 from launcher.tui.screens.plan import LaunchRequested, PlanPane
@@ -154,6 +154,11 @@ class LauncherApp(App[None]):
         yield SystemCommand(
             "Stop the selected worker's fleet", "SIGTERM, then SIGKILL", dashboard.stop_selected
         )
+        yield SystemCommand(
+            "Load or unload the selected model",
+            "An on-demand model group of a running fleet",
+            dashboard.toggle_selected_group,
+        )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """ "Leave input" is offered (and shown in the footer) only while a text field has
@@ -192,7 +197,10 @@ class LauncherApp(App[None]):
 
     def on_profile_loaded(self, message: ProfileLoaded) -> None:
         group = message.spec.groups[0]
-        self.query_one(PlanPane).set_group(group)
+        pane = self.query_one(PlanPane)
+        pane.set_group(group)
+        if len(message.spec.groups) > 1:  # several models: the box list, planned together
+            pane.set_box(message.spec)
         self.query_one(ModelPane).open(Path(group.model).expanduser())
         self.action_show("plan")
 
@@ -202,9 +210,9 @@ class LauncherApp(App[None]):
     @work(thread=True, group="launch")
     def launch(self, message: LaunchRequested) -> None:
         spec = message.spec
-        group = spec.groups[0]
         self.call_from_thread(self.action_show, "dashboard")  # focus leaves the plan's inputs
-        self.call_from_thread(self.notify, f"Starting fleet {spec.name} ({group.layout})")
+        layouts = ", ".join(f"{g.name} {g.layout}" for g in spec.groups)
+        self.call_from_thread(self.notify, f"Starting fleet {spec.name} ({layouts})")
         try:
             code = self.services.launch_fleet(spec)
         except LauncherError as err:
@@ -247,6 +255,20 @@ class LauncherApp(App[None]):
             self.notify(str(err), severity="error")
             return
         self.notify(f"{message.worker_id}: restarting")
+
+    def on_group_action(self, message: GroupAction) -> None:
+        self.group_action(message)
+
+    @work(thread=True, group="group")
+    def group_action(self, message: GroupAction) -> None:
+        name = f"{message.fleet}/{message.group}"
+        self.call_from_thread(self.notify, f"{name}: {message.action}ing")
+        try:
+            state = self.services.group_action(message.fleet, message.group, message.action)
+        except LauncherError as err:
+            self.call_from_thread(self.notify, str(err), severity="error")
+            return
+        self.call_from_thread(self.notify, f"{name} is {state}")
 
     def on_stop_fleet(self, message: StopFleet) -> None:
         self.stop_fleets([message.fleet])

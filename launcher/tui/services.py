@@ -28,6 +28,11 @@ def stop_fleet(name: str) -> None:
     fleet.stop(name, _quiet)
 
 
+def group_action(fleet_name: str, group: str, action: str) -> str:
+    """Load or unload a group of a running fleet; its state once done."""
+    return fleet.group_action(fleet_name, group, action, _quiet)
+
+
 @dataclass
 class Services:
     """Factories for the TUI's sources of data and its actions; tests pass fixed ones."""
@@ -39,6 +44,7 @@ class Services:
     launch_fleet: Callable[[FleetSpec], int] = launch_fleet
     stop_fleet: Callable[[str], None] = stop_fleet
     restart_worker: Callable[[str], None] = fleet.restart_worker
+    group_action: Callable[[str, str, str], str] = group_action
     router_port: Callable[[], int] = fleet.router_port
     models_dir: Path = field(default_factory=lambda: Path.home() / "models")
     model_places: Callable[[], list[tuple[str, Path]]] = usual_places

@@ -1,5 +1,6 @@
-"""The Dashboard screen: live cards (NVML samples) and the workers of every running fleet,
-with a worker's tokens/s history and log tail; restart a worker or stop its fleet."""
+"""The Dashboard screen: live cards (NVML samples), the model groups of every running fleet
+(state, tok/s, queue, overflow; load or unload an on-demand one) and their workers, with a
+worker's tokens/s history and log tail; restart a worker or stop its fleet."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ class RestartWorker(Message):
     def __init__(self, worker_id: str) -> None:
         super().__init__()
         self.worker_id = worker_id
+
+
+class GroupAction(Message):
+    """The user asked to load or unload a model group of a running fleet."""
+
+    def __init__(self, fleet: str, group: str, action: str) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.group = group
+        self.action = action
 
 
 class StopFleet(Message):
@@ -45,6 +56,10 @@ class DashboardPane(Widget):
         with VerticalScroll():
             yield Static("Cards", classes="section-title")
             yield DataTable(id="live-cards", cursor_type="row")
+            yield Static("Models", classes="section-title")
+            yield DataTable(id="groups", cursor_type="row")
+            with Horizontal(classes="row"):
+                yield Button("Load / unload model", id="group-toggle")
             yield Static("Workers", classes="section-title")
             yield DataTable(id="workers", cursor_type="row")
             yield Sparkline([], id="worker-spark")
@@ -57,8 +72,14 @@ class DashboardPane(Widget):
     def on_mount(self) -> None:
         live = self.query_one("#live-cards", DataTable)
         live.add_columns("GPU", "VRAM", "bandwidth", "PCIe RX/TX MiB/s", "temp", "power")
+        groups = self.query_one("#groups", DataTable)
+        groups.add_columns(
+            "model", "state", "workers", "tok/s", "queued", "requests", "overflowed", "names"
+        )
         workers = self.query_one("#workers", DataTable)
-        workers.add_columns("worker", "state", "cards", "restarts", "slots", "tok/s", "url")
+        workers.add_columns(
+            "worker", "model", "state", "cards", "restarts", "slots", "tok/s", "url"
+        )
 
     def show_samples(self, samples: list[GpuSample], totals: dict[int, int]) -> None:
         """One tick of GPU samples; ``totals`` is each card's memory in bytes."""
@@ -128,6 +149,7 @@ class DashboardPane(Widget):
                 del history[:-60]
                 table.add_row(
                     w.id,
+                    w.group,
                     w.state,
                     ",".join(map(str, w.cards)) or "cpu",
                     str(w.restarts),
@@ -136,6 +158,7 @@ class DashboardPane(Widget):
                     w.url,
                     key=w.id,
                 )
+        self._show_groups(fleets)
         ids = {w.id for f in fleets for w in f.workers}
         if selected is not None and selected in ids:
             table.move_cursor(row=table.get_row_index(selected))
@@ -151,6 +174,52 @@ class DashboardPane(Widget):
             ("Endpoints: " + ", ".join(endpoints) if endpoints else "No fleet is running.")
             + (f"   Fleet total: {total:.1f} tok/s" if fleets else "")
         )
+
+    def _show_groups(self, fleets: list[FleetState]) -> None:
+        """One row per model group: what it serves and how its requests went."""
+        table = self.query_one("#groups", DataTable)
+        selected = self.selected_group()
+        table.clear()
+        for f in fleets:
+            for g in f.groups:
+                key = f"{f.name}/{g.name}"
+                state = g.state + (" (on demand)" if g.on_demand else "")
+                table.add_row(
+                    key,
+                    state,
+                    str(len(g.workers)),
+                    f"{g.tok_s:.1f}",
+                    str(g.queued),
+                    str(g.requests),
+                    str(g.overflowed),
+                    ", ".join(g.aliases) or "-",
+                    key=key,
+                )
+        if selected is not None and selected in {
+            f"{f.name}/{g.name}" for f in fleets for g in f.groups
+        }:
+            table.move_cursor(row=table.get_row_index(selected))
+
+    def selected_group(self) -> str | None:
+        table = self.query_one("#groups", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return str(key) if key is not None else None
+
+    @on(Button.Pressed, "#group-toggle")
+    def toggle_selected_group(self) -> None:
+        """Load the selected model group if it is unloaded, else unload it."""
+        key = self.selected_group()
+        if key is None:
+            return
+        fleet, _, name = key.partition("/")
+        group = next(
+            (g for f in self.fleets if f.name == fleet for g in f.groups if g.name == name), None
+        )
+        if group is not None:
+            action = "load" if group.state in ("unloaded", "failed") else "unload"
+            self.post_message(GroupAction(fleet, name, action))
 
     @on(Button.Pressed, "#worker-restart")
     def restart_selected(self) -> None:

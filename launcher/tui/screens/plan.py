@@ -1,8 +1,14 @@
-"""The Plan screen: workload inputs, ranked layouts with per-card memory, launch and save."""
+"""The Plan screen: workload inputs, ranked layouts with per-card memory, launch and save.
+
+One model, or a box of several: "Add to box" puts the open model (with the users and context
+in the form) on the box list, "Remove" takes it off; with models on the list, Plan ranks
+whole-box plans, shows the card map (which card runs which model) and Launch starts them all
+as one fleet."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -12,7 +18,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from launcher.app import fleet, planning
+from launcher.app import fleet, models, planning
 from launcher.bench import report
 from launcher.errors import LauncherError
 from launcher.gpu.inventory import Inventory
@@ -20,6 +26,7 @@ from launcher.llamacpp.args import KV_TYPES
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec
 from launcher.plan.advisor import Plan
+from launcher.plan.box import BoxPlan, BoxResult
 from launcher.plan.layouts import Layout, with_tensor_split
 from launcher.plan.workload import GOALS, Workload
 from launcher.spec.fleet import FleetSpec, GroupSpec
@@ -44,6 +51,35 @@ def memory_bars(layout: Layout, width: int = 30) -> str:
     if not layout.cards:
         lines.append(f"host RAM: {layout.host_bytes / GIB:.2f} GiB")
     return "\n".join(lines)
+
+
+def card_map(plan: BoxPlan, inventory: Inventory, width: int = 30) -> str:
+    """Per card, which models it holds: one letter per model (lower case: on demand), sized
+    by the memory it takes, then the free rest (░); a legend names the letters."""
+    letters = {p.name: chr(ord("A") + i) for i, p in enumerate(plan.placements)}
+    totals = {c.index: c.memory_total_bytes for c in inventory.local.cards}
+    used: dict[int, list[tuple[str, int]]] = {}
+    for p in plan.placements:
+        letter = letters[p.name].lower() if p.on_demand else letters[p.name]
+        for c in p.layout.cards:
+            used.setdefault(c.card, []).append((letter, c.total_bytes))
+    lines = []
+    for index, parts in sorted(used.items()):
+        total = max(totals.get(index, 0), sum(n for _, n in parts), 1)
+        bar = "".join(letter * max(1, round(n / total * width)) for letter, n in parts)[:width]
+        bar += "░" * (width - len(bar))
+        what = " + ".join(f"{letter} {n / GIB:.1f}" for letter, n in parts)
+        lines.append(f"card {index}: {bar} {what} of {total / GIB:.0f} GiB")
+    if not used:
+        ram = " + ".join(
+            f"{letters[p.name]} {p.layout.host_bytes / GIB:.2f}" for p in plan.placements
+        )
+        lines.append(f"host RAM: {ram} GiB")
+    legend = ", ".join(
+        f"{letters[p.name]} = {p.name}" + (" (on demand)" if p.on_demand else "")
+        for p in plan.placements
+    )
+    return "\n".join([*lines, legend])
 
 
 class LaunchRequested(Message):
@@ -75,6 +111,9 @@ class PlanPane(Widget):
         self.planned_workload: Workload | None = None
         self.planned_port = 8080  # the router port the shown commands are planned for
         self.edited: dict[int, Layout] = {}  # layouts whose tensor split the user changed
+        # the box: models to plan together (model, users, ctx), and its last plan
+        self.box: list[tuple[ModelSpec, int | None, int | None]] = []
+        self.box_result: BoxResult | None = None
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
@@ -103,6 +142,10 @@ class PlanPane(Widget):
                 yield Button("Plan", id="plan-run", variant="primary")
                 # beside Plan, so that it is on screen at 80x24 too
                 yield Button("Launch", id="plan-launch", variant="success", disabled=True)
+            with Horizontal(classes="row"):
+                yield Button("Add to box", id="plan-box-add")
+                yield Button("Remove", id="plan-box-remove")
+                yield Static("Box: one model (add models to plan several together).", id="plan-box")
             yield OptionList(id="plan-layouts")
             yield Input(
                 placeholder="tensor split (layers per card, e.g. 16,17): edit to see "
@@ -149,6 +192,18 @@ class PlanPane(Widget):
         layout = group.layout if group.layout in LAYOUT_CHOICES else "auto"
         self.query_one("#plan-layout", Select).value = layout
 
+    def set_box(self, spec: FleetSpec) -> None:
+        """A launch profile of several groups: its models on the box list, with their users
+        and context (a model that cannot be read is said and left off)."""
+        box = []
+        for g in spec.groups:
+            try:
+                box.append((models.read_model(Path(g.model).expanduser()), g.users, g.ctx))
+            except LauncherError as err:
+                self.query_one("#plan-status", Static).update(str(err))
+        self.box = box
+        self._show_box_list()
+
     def clear_model(self, why: str) -> None:
         """No model to plan (the last one asked for could not be read): nothing to launch."""
         self.spec = None
@@ -179,8 +234,73 @@ class PlanPane(Widget):
             goal=str(self.query_one("#plan-goal", Select).value),
         )
 
+    def _show_box_list(self) -> None:
+        text = ", ".join(f"{m.path.name} ({u or 'default'} users)" for m, u, _ in self.box)
+        self.query_one("#plan-box", Static).update(
+            f"Box: {text}" if self.box else "Box: one model (add models to plan several together)."
+        )
+
+    @on(Button.Pressed, "#plan-box-add")
+    def add_to_box(self) -> None:
+        """Put the open model on the box list, with the form's users and context."""
+        if self.spec is None:
+            self.query_one("#plan-status", Static).update("Pick a model first (Model screen).")
+            return
+        users = self.query_one("#plan-users", Input).value
+        ctx = self.query_one("#plan-ctx", Input).value
+        entry = (self.spec, int(users) if users else None, int(ctx) if ctx else None)
+        self.box = [b for b in self.box if b[0].path != self.spec.path] + [entry]
+        self._show_box_list()
+
+    @on(Button.Pressed, "#plan-box-remove")
+    def remove_from_box(self) -> None:
+        """Take the open model off the box list."""
+        if self.spec is not None:
+            self.box = [b for b in self.box if b[0].path != self.spec.path]
+        self._show_box_list()
+
+    def run_box_plan(self) -> None:
+        """Plan the box list as one fleet: ranked whole-box plans."""
+        try:
+            port = self.router_port()
+            result = planning.plan_models_on(
+                self.box,
+                self.inventory,
+                self.server,
+                kv_type=str(self.query_one("#plan-kv", Select).value),
+                goal=str(self.query_one("#plan-goal", Select).value),
+                layout=str(self.query_one("#plan-layout", Select).value),
+                router_port=port,
+            )
+        except (LauncherError, ValueError) as err:
+            self.query_one("#plan-status", Static).update(str(err))
+            return
+        self.box_result = result
+        self.result = None
+        self.planned_port = port
+        options = self.query_one("#plan-layouts", OptionList)
+        options.clear_options()
+        for plan in result.plans:
+            parts = ", ".join(
+                f"{p.name} {p.layout.kind}" + (" on demand" if p.on_demand else "")
+                for p in plan.placements
+            )
+            options.add_option(Option(f"{plan.rank}. {parts}", id=str(plan.rank - 1)))
+        self.query_one("#plan-split", Input).disabled = True
+        if result.plans:
+            options.highlighted = 0
+            self.show(0)
+        self.query_one("#plan-status", Static).update(
+            "" if result.plans else "These models cannot run together on this box."
+        )
+        self.query_one("#plan-bench", Static).update("")
+
     @on(Button.Pressed, "#plan-run")
     def run_plan(self) -> None:
+        if self.box:
+            self.run_box_plan()
+            return
+        self.box_result = None
         if self.spec is None:
             self.query_one("#plan-status", Static).update("Pick a model first (Model screen).")
             return
@@ -233,6 +353,18 @@ class PlanPane(Widget):
             self.show(int(event.option_id))
 
     def show(self, index: int) -> None:
+        if self.box_result is not None:
+            plan = self.box_result.plans[index]
+            commands = "\n".join(
+                f"$ {' '.join(f'{k}={v}' for k, v in proc.env.items())} {' '.join(proc.argv)}"
+                for p in plan.placements
+                for proc in p.layout.processes
+            )
+            self.query_one("#plan-detail", Static).update(
+                f"{plan.reason}\n{card_map(plan, self.inventory)}\n{commands}"
+            )
+            self._can_launch(not plan.missing)
+            return
         assert self.result is not None
         r = self.result.layouts[index]
         layout = self.edited.get(index, r.layout)
@@ -282,13 +414,31 @@ class PlanPane(Widget):
         index = self.query_one("#plan-layouts", OptionList).highlighted or 0
         return self.edited.get(index, self.result.layouts[index].layout)
 
-    def fleet_spec(self) -> FleetSpec:
-        """The fleet of the layout on screen, as shown (raises when it cannot run here)."""
+    def box_plan(self) -> BoxPlan | None:
+        if self.box_result is None or not self.box_result.plans:
+            return None
+        index = self.query_one("#plan-layouts", OptionList).highlighted or 0
+        return self.box_result.plans[index]
+
+    def fleet_spec(self, name: str | None = None, launch: bool = True) -> FleetSpec:
+        """The fleet of the layout (or box plan) on screen, as shown (raises when it cannot
+        run here); ``launch=False`` for "Save as profile"."""
+        box = self.box_plan()
+        if box is not None:
+            return fleet.spec_for_box(
+                box, self.inventory, name=name, router_port=self.planned_port, launch=launch
+            )
         layout = self.selected()
         if layout is None or self.spec is None or self.planned_workload is None:
             raise LauncherError("Plan a model first.")
         return fleet.spec_for_layout(
-            self.spec, layout, self.planned_workload, self.inventory, router_port=self.planned_port
+            self.spec,
+            layout,
+            self.planned_workload,
+            self.inventory,
+            name=name,
+            router_port=self.planned_port,
+            launch=launch,
         )
 
     @on(Button.Pressed, "#plan-launch")
@@ -307,23 +457,13 @@ class PlanPane(Widget):
 
     @work(thread=True, exclusive=True, group="save")
     def save_profile(self) -> None:
-        layout = self.selected()
         name = self.query_one("#plan-profile-name", Input).value.strip()
         status = self.query_one("#plan-status", Static)
-        if layout is None or self.spec is None or self.planned_workload is None or not name:
+        if not name:
             self.app.call_from_thread(status.update, "Give the profile a name first.")
             return
         try:
-            spec = fleet.spec_for_layout(
-                self.spec,
-                layout,
-                self.planned_workload,
-                self.inventory,
-                name=name,
-                router_port=self.planned_port,
-                launch=False,
-            )
-            path = fleet.save_planned(spec)
+            path = fleet.save_planned(self.fleet_spec(name, launch=False))
         except LauncherError as err:
             self.app.call_from_thread(status.update, str(err))
             return

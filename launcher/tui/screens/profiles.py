@@ -70,7 +70,7 @@ class ProfilesPane(Widget):
 
     def on_mount(self) -> None:
         table = self.query_one("#profiles-table", DataTable)
-        table.add_columns("kind", "name", "origin", "path")
+        table.add_columns("kind", "name", "models", "origin", "path")
         self.refresh_list()
 
     def refresh_list(self) -> None:
@@ -86,7 +86,8 @@ class ProfilesPane(Widget):
                 shown = f"(shipped) {kind}/{path.name}" if origin == "example" else str(path)
                 key = f"{kind}:{path}"
                 self.rows[key] = (kind, origin, path)
-                table.add_row(kind, name, origin, shown, key=key)
+                models = fleet.profile_models(path) if kind == "launch" else "-"
+                table.add_row(kind, name, models, origin, shown, key=key)
 
     def _selected(self) -> tuple[str, str, Path] | None:
         table = self.query_one("#profiles-table", DataTable)
@@ -107,12 +108,13 @@ class ProfilesPane(Widget):
         except LauncherError as err:
             status.update(str(err))
             return
-        model = Path(profile.groups[0].model).expanduser()
-        if model.is_file():
-            status.update(f"Loaded {profile.name}: {model}")
+        missing = [g.model for g in profile.groups if not Path(g.model).expanduser().is_file()]
+        groups = ", ".join(f"{g.name} ({g.layout})" for g in profile.groups)
+        if not missing:
+            status.update(f"Loaded {profile.name}: {groups}")
         else:
             status.update(
-                f"Loaded {profile.name}, but its model {model} is not here: make it with "
+                f"Loaded {profile.name}, but its model {missing[0]} is not here: make it with "
                 "'Write a tiny synthetic model' (tiny-cpu) or 'llama-launcher make-model', or "
                 "edit the profile."
             )
