@@ -33,6 +33,7 @@ from launcher.spec.fleet import FleetSpec, GroupSpec
 
 GIB = 1 << 30
 LAYOUT_CHOICES = ("auto", "per-card", "pooled-layer", "pooled-tensor", "cpu:1", "cpu:2")
+NO_BOX = "Box: empty; Add to box puts this model on it, to plan several together."
 
 
 def memory_bars(layout: Layout, width: int = 30) -> str:
@@ -145,7 +146,7 @@ class PlanPane(Widget):
             with Horizontal(classes="row"):
                 yield Button("Add to box", id="plan-box-add")
                 yield Button("Remove", id="plan-box-remove")
-                yield Static("Box: one model (add models to plan several together).", id="plan-box")
+            yield Static(NO_BOX, id="plan-box")
             yield OptionList(id="plan-layouts")
             yield Input(
                 placeholder="tensor split (layers per card, e.g. 16,17): edit to see "
@@ -236,9 +237,7 @@ class PlanPane(Widget):
 
     def _show_box_list(self) -> None:
         text = ", ".join(f"{m.path.name} ({u or 'default'} users)" for m, u, _ in self.box)
-        self.query_one("#plan-box", Static).update(
-            f"Box: {text}" if self.box else "Box: one model (add models to plan several together)."
-        )
+        self.query_one("#plan-box", Static).update(f"Box: {text}" if self.box else NO_BOX)
 
     @on(Button.Pressed, "#plan-box-add")
     def add_to_box(self) -> None:
