@@ -300,3 +300,32 @@ def test_a_profile_with_a_rule_to_no_group_is_refused_in_one_sentence(
     result = run_cli("up", str(path), env=fleet_env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "routes to 'b', which is not another group of this fleet" in result.stderr
+
+
+def test_bench_of_a_profile_of_several_groups_measures_one_group_or_each(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    from launcher.app import bench
+
+    path = write_profile(
+        tmp_path,
+        base_port(),
+        {
+            "chat": model_factory("llama"),
+            "small": model_factory("qwen3"),
+            "lazy": model_factory("gemma3"),
+        },
+    )
+    assert bench.groups_to_bench(str(path), None) == ("chat", "small", "lazy", "embed")
+    assert bench.groups_to_bench(str(path), "small") == ("small",)
+    wrong = run_cli("bench", str(path), "--group", "nope", env=fleet_env)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert "its groups: chat, small, lazy, embed" in wrong.stderr
+    result = run_cli(
+        "bench", str(path), "--group", "small", "--users", "1", "--tokens", "8",
+        "--prompt-tokens", "16", "--requests-per-user", "1", "--json", env=fleet_env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)["runs"]
+    assert [r["layout"] for r in runs] == ["cpu:1"] and runs[0]["errors"] == 0
+    assert "group small" in result.stderr

@@ -96,3 +96,32 @@ def test_names() -> None:
     for bad in ("../x", "a/b", ".x", "x" * 65, ""):
         with pytest.raises(LauncherError, match="not a usable fleet name"):
             check_name(bad)
+
+
+def test_group_kinds_give_their_flags_and_routes() -> None:
+    from launcher.llamacpp.args import ServerArgs
+    from launcher.router.server import path_kind
+
+    base = ServerArgs("llama-server", "m.gguf", 8081, 1, 512)
+    assert "--embeddings" in base.replace(embeddings=True).argv()
+    assert "--reranking" in base.replace(reranking=True).argv()
+    assert base.replace(alias="chat").argv()[-2:] == ("--alias", "chat")
+    # a profile's own --alias wins over the group's name
+    own = base.replace(alias="chat", extra=("--alias", "mine")).argv()
+    assert own.count("--alias") == 1 and own[-1] == "mine"
+    assert path_kind("/v1/rerank") == "rerank" and path_kind("/v1/embeddings") == "embedding"
+    assert path_kind("/v1/chat/completions") == "generation" and path_kind("/tokenize") is None
+
+
+def test_fleet_spec_problems_name_each_inconsistency() -> None:
+    from launcher.spec.fleet import GroupRoute
+
+    a = GroupSpec(name="a", model="a.gguf", aliases=("x",), route=GroupRoute(overflow_to="zz"))
+    b = GroupSpec(name="b", model="b.gguf", aliases=("x",), exclusive_with=("a",))
+    spec = FleetSpec("f", (a, b), RouterSpec(default_model="nope"))
+    problems = " ".join(spec.problems())
+    assert "'x' is served by both a and b" in problems
+    assert "routes to 'zz'" in problems
+    assert "exclusive with 'a', which is not an on-demand group" in problems
+    assert "default model 'nope'" in problems
+    assert FleetSpec("f", (GroupSpec(name="a", model="a.gguf"),)).problems() == []

@@ -396,6 +396,24 @@ class BenchOptions:
     rounds: int = 1
     keep_busy: bool = False
     llama_server: str | None = None
+    group: str | None = None  # a launch profile's group (None: its first)
+
+
+def groups_to_bench(target: str, group: str | None) -> tuple[str | None, ...]:
+    """The groups ``bench TARGET`` measures, one after the other: a model's none, a launch
+    profile's ``group`` (checked) or, when none is named, every group of it."""
+    if fleet.is_model_path(target):
+        if group is not None:
+            raise LauncherError("--group names a group of a launch profile, not of a model.")
+        return (None,)
+    names = [g.name for g in fleet.load_profile(target).groups]
+    if group is None:
+        return tuple(names)
+    if group not in names:
+        raise LauncherError(
+            f"Profile {target} has no group '{group}'; its groups: {', '.join(names)}."
+        )
+    return (group,)
 
 
 def prepare(options: BenchOptions, say: Say) -> tuple[Bench, GpuBackend | None]:
@@ -406,7 +424,7 @@ def prepare(options: BenchOptions, say: Say) -> tuple[Bench, GpuBackend | None]:
         extra_args: tuple[str, ...] = ()
     else:
         profile = fleet.load_profile(options.target)
-        group = profile.groups[0]
+        group = next((g for g in profile.groups if g.name == options.group), profile.groups[0])
         model = Path(group.model).expanduser()
         default_layout = group.layout
         extra_args = group.server.extra_args

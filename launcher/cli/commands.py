@@ -322,9 +322,8 @@ def _numbers(text: str, what: str) -> tuple[int, ...]:
         raise LauncherError(f"{what} must be numbers separated by commas, e.g. 1,8,32.") from err
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if not args.target:
-        raise models.no_model_given("bench")
+def _bench_one(args: argparse.Namespace, group: str | None) -> bench.BenchOutcome:
+    """One bench: a model, or one group of a launch profile."""
     options = bench.BenchOptions(
         target=args.target,
         layouts=tuple(k.strip() for k in (args.layouts or "").split(",") if k.strip()),
@@ -337,11 +336,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         keep_busy=args.keep_busy,
         llama_server=args.llama_server,
+        group=group,
     )
     runner, backend = bench.prepare(options, say)
     request = runner.request
     say(
-        f"Bench of {runner.spec.name}: layouts {', '.join(request.layouts)}; users "
+        f"Bench of {runner.spec.name}{f' (group {group})' if group else ''}: layouts "
+        f"{', '.join(request.layouts)}; users "
         f"{', '.join(map(str, request.users))}; {request.tokens} tokens after "
         f"{request.prompt_tokens}-token prompts"
         + ("; users start staggered" if request.staggered else "")
@@ -353,11 +354,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "counts the requests sent while every user was busy"
         )
     outcome = bench.run(runner, backend)
-    runs = outcome.runs
-    if runs:
+    if outcome.runs:
         say(f"Results kept in {bench.results_path()}")
     if outcome.interrupted:
-        say(f"Interrupted: {len(runs)} finished row(s) kept.")
+        say(f"Interrupted: {len(outcome.runs)} finished row(s) kept.")
+    return outcome
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if not args.target:
+        raise models.no_model_given("bench")
+    runs: list[results.BenchRun] = []
+    checks: list[results.HoldoutCheck] = []
+    interrupted = False
+    for group in bench.groups_to_bench(args.target, args.group):
+        outcome = _bench_one(args, group)
+        runs += outcome.runs
+        checks += outcome.checks
+        if outcome.interrupted:
+            interrupted = True
+            break
+    outcome = bench.BenchOutcome(runs, interrupted, checks)
     data = outcome.to_json()
     if args.out:
         Path(args.out).write_text(json.dumps(data, indent=2) + "\n")

@@ -286,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND,KIND",
         help="layouts to run (default: per-card and pooled-layer, or the profile's)",
     )
+    p.add_argument(
+        "--group",
+        metavar="NAME",
+        help="one group of a launch profile of several (default: each group in turn)",
+    )
     p.add_argument("--users", default="1,8,32", metavar="N,N", help="concurrencies (1,8,32)")
     p.add_argument("--tokens", type=int, default=128, help="tokens per request (128)")
     p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (512)")
