@@ -530,17 +530,13 @@ class Router:
                 f"no worker of model {group.name} is healthy now; the supervisor is "
                 "restarting it, retry shortly"
             )
-        started = time.monotonic()
         if self.control:
             self.control.group_used(group.name, group.in_flight + 1)
         try:
-            response = await self._send(request, raw, body, group, why)
+            return await self._send(request, raw, body, group, why)
         finally:
             if self.control:
                 self.control.group_used(group.name, group.in_flight)
-        if response.status < 400:
-            group.served(time.monotonic() - started)
-        return response
 
     async def _send(
         self, request: web.Request, raw: bytes, body: object, group: RouteGroup, why: str | None
@@ -576,6 +572,7 @@ class Router:
             labels = {GROUP_HEADER: group.name, WORKER_HEADER: member.name}
             if why:
                 labels[ROUTED_HEADER] = why
+            began = time.monotonic()
             try:
                 response, started = await self._forward(request, member, sent, labels)
             finally:
@@ -583,6 +580,8 @@ class Router:
                     member.slots_taken.discard(slot)
                 await group.balancer.release(member)
             if response is not None:
+                if response.status < 400:
+                    group.served(time.monotonic() - began)  # the service time, not the wait
                 return response
             last_error = started or last_error
             if not any(m.healthy and m.name not in tried for m in group.members):

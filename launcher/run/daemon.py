@@ -94,14 +94,20 @@ def start_detached(spec: FleetSpec, say: Say) -> int:
         code = proc.poll()
         state = fleet_state.read_state(fleet_state.state_path(fleet))
         if state is not None:
-            resident = {w for g in state.groups if not g.on_demand for w in g.workers}
+            resident = (
+                {w for g in state.groups if not g.on_demand for w in g.workers}
+                if state.groups
+                else {w.id for w in state.workers}
+            )
             for w in state.workers:
                 if w.id in resident and shown.get(w.id) != w.state:
                     shown[w.id] = w.state
                     say(f"{w.id}: {w.state}{f' ({w.message})' if w.message else ''}")
             states = {w.state for w in state.workers if w.id in resident}
             serving = state.router is not None or not spec.router.enabled
-            if states == {"healthy"} and serving:  # the router listens before we say "up"
+            # every group not on demand healthy (all on demand: none to wait for), and the
+            # router listening, before we say "up"
+            if states <= {"healthy"} and serving:
                 where = f" on {state.router['url']}" if state.router else ""
                 say(
                     f"Fleet {fleet} is up{where}; 'llama-launcher status' shows it, "
