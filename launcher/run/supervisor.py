@@ -373,7 +373,10 @@ class Supervisor:
     def _save(self) -> None:
         groups = [g.snapshot() for g in self.groups.values()]
         for g in groups:
-            g.tok_s = round(sum(w.state.tok_s for w in self.groups[g.name].workers), 1)
+            workers = self.groups[g.name].workers
+            g.tok_s = round(sum(w.state.tok_s for w in workers), 1)
+            if g.state == "running" and all(w.state.state == "failed" for w in workers):
+                g.state = "failed"  # out of restarts
             routed = self.router.groups.get(g.name) if self.router is not None else None
             if routed is not None:
                 g.requests = routed.requests
