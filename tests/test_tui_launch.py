@@ -95,6 +95,19 @@ async def profile_then_this_box(app: LauncherApp, pilot: object) -> None:
 Step = Callable[[LauncherApp, object], Awaitable[None]]
 
 
+def four_h100_services(port: int, tmp_path: Path) -> Services:
+    """A fixed 4x H100 box whose workers are the fake llama-server, routed on ``port``."""
+    return Services(
+        gpu_backend=gpu_boxes.four_h100_backend,
+        host=lambda: HOST,
+        server=lambda: ServerTarget(str(FAKE)),
+        router_port=lambda: port,
+        models_dir=tmp_path,
+        model_places=lambda: [],
+        sample_interval_s=0.2,
+    )
+
+
 CASES = {
     # choice: (model size, what the chosen plan's commands must say)
     "kv-q8_0": (kv_q8, "8b", ["-ctk q8_0 -ctv q8_0"] * 4),
@@ -117,15 +130,7 @@ async def test_launch_starts_the_commands_the_plan_screen_shows(
     step, size, expected = CASES[case]
     model = model_factory("llama", size, sparse=True)
     port = base_port()
-    svc = Services(
-        gpu_backend=gpu_boxes.four_h100_backend,
-        host=lambda: HOST,
-        server=lambda: ServerTarget(str(FAKE)),
-        router_port=lambda: port,
-        models_dir=tmp_path,
-        model_places=lambda: [],
-        sample_interval_s=0.2,
-    )
+    svc = four_h100_services(port, tmp_path)
     app = LauncherApp(svc, model=model)
     try:
         async with app.run_test(size=(140, 45)) as pilot:
@@ -176,15 +181,7 @@ async def test_launch_of_a_box_of_two_models_starts_what_the_card_map_shows(
     first = model_factory("llama", "8b", sparse=True)
     second = model_factory("qwen3", "8b", sparse=True)
     port = base_port()
-    svc = Services(
-        gpu_backend=gpu_boxes.four_h100_backend,
-        host=lambda: HOST,
-        server=lambda: ServerTarget(str(FAKE)),
-        router_port=lambda: port,
-        models_dir=tmp_path,
-        model_places=lambda: [],
-        sample_interval_s=0.2,
-    )
+    svc = four_h100_services(port, tmp_path)
     app = LauncherApp(svc, model=first)
     try:
         async with app.run_test(size=(140, 45)) as pilot:
