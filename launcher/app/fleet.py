@@ -683,6 +683,14 @@ def profiles() -> list[tuple[str, Path, str]]:
     return launch.list_profiles()
 
 
+def config_relative(path: Path) -> str:
+    """A profile's path as the TUI lists it: under the config folder, else whole."""
+    try:
+        return str(path.resolve().relative_to(paths.config_dir().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def profile_models(path: Path) -> str:
     """A launch profile's groups in a few words ("chat, small, embed*": * on demand), or why
     it cannot be read."""

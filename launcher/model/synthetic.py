@@ -349,8 +349,8 @@ def check_targets(out: Path, parts: int, force: bool) -> list[Path]:
         raise LauncherError(
             f"{existing[0]} already exists; choose another name or pass --force to replace it."
         )
-    if not out.parent.is_dir():
-        raise LauncherError(f"{out.parent} is not a folder; create it first.")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise LauncherError(f"{out.parent} is not a folder; choose another place for the model.")
     return targets
 
 
@@ -372,6 +372,12 @@ def write_model(
     Returns the paths written.
     """
     targets = check_targets(out, parts, force)
+    try:  # a first model's folder (~/models) is made for it
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LauncherError(
+            f"Cannot create {out.parent} ({err.strerror}); choose another place."
+        ) from err
     tokenizer, n_vocab = read_tokenizer(vocab_path)
     ctx = context if context is not None else shape.context
     if ctx < 256:

@@ -74,11 +74,11 @@ class DashboardPane(Widget):
         live.add_columns("GPU", "VRAM", "bandwidth", "PCIe RX/TX MiB/s", "temp", "power")
         groups = self.query_one("#groups", DataTable)
         groups.add_columns(
-            "model", "state", "workers", "tok/s", "queued", "requests", "overflowed", "names"
+            "model", "state", "workers", "tok/s", "queue", "reqs", "overflow", "names"
         )
         workers = self.query_one("#workers", DataTable)
         workers.add_columns(
-            "worker", "model", "state", "cards", "restarts", "slots", "tok/s", "url"
+            "worker", "model", "state", "cards", "restarts", "slots", "tok/s", "port"
         )
 
     def show_samples(self, samples: list[GpuSample], totals: dict[int, int]) -> None:
@@ -155,7 +155,7 @@ class DashboardPane(Widget):
                     str(w.restarts),
                     f"{w.slots_busy}/{w.slots_total}",
                     f"{w.tok_s:.1f}",
-                    w.url,
+                    str(w.port),  # workers listen on 127.0.0.1; the endpoint is below
                     key=w.id,
                 )
         self._show_groups(fleets)

@@ -70,7 +70,7 @@ class ProfilesPane(Widget):
 
     def on_mount(self) -> None:
         table = self.query_one("#profiles-table", DataTable)
-        table.add_columns("kind", "name", "models", "origin", "path")
+        table.add_columns("kind", "name", "models", "origin", "file")
         self.refresh_list()
 
     def refresh_list(self) -> None:
@@ -82,8 +82,9 @@ class ProfilesPane(Widget):
             ("hardware", hardware.profiles()),
         ):
             for name, path, origin in items:
-                # shipped examples live inside the package: show where, not the install path
-                shown = f"(shipped) {kind}/{path.name}" if origin == "example" else str(path)
+                # yours: the file under the config folder (its whole path when loaded);
+                # shipped examples live inside the package, where nobody edits them
+                shown = "-" if origin == "example" else fleet.config_relative(path)
                 key = f"{kind}:{path}"
                 self.rows[key] = (kind, origin, path)
                 models = fleet.profile_models(path) if kind == "launch" else "-"
