@@ -5,8 +5,9 @@ A fenced ``console`` or ``sh`` block is an example when the line before it is a 
 - ``<!-- example: run -->``: each ``$ COMMAND`` runs, in order, with bash, in a sandbox home
   (``~`` is a fresh folder; the llama-server build is the cached one; no GPU, through a fixed
   backend), and the lines shown under it must appear in its output in that order, numbers
-  masked (any number, with its sign, matches any number) and ``...`` matching anything; a command must exit 0
-  unless the lines shown include the one-sentence error (``llama-launcher: ...``). A command
+  masked (any number, with its sign, matches any number) and ``...`` matching anything; a
+  command must exit 0 unless the lines shown include the one-sentence error
+  (``llama-launcher: ...``). A command
   whose comment starts ``# not run:`` is only parsed (it says why).
 - ``<!-- example: syntax (WHY) -->``: the block needs a GPU, a LAN or a long build; each
   ``llama-launcher`` command in it is parsed by the real argument parser, nothing runs.
