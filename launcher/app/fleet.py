@@ -384,6 +384,12 @@ def spec_for_box(
 
 def _number_ports(groups: list[GroupSpec], router_port: int) -> tuple[GroupSpec, ...]:
     """Every worker of the fleet on its own port: router port + 1, + 2 ... in group order."""
+    count = sum(len(g.workers) for g in groups)
+    if router_port + count > 65535:
+        raise LauncherError(
+            f"Router port {router_port} leaves no room for the {count} worker port(s) above "
+            f"it; choose a port up to {65535 - count}."
+        )
     out = []
     port = router_port
     for g in groups:
@@ -521,8 +527,8 @@ def group_action(fleet: str, group: str, action: str, say: Say, timeout_s: float
     running (loaded) or unloaded, saying what happens; returns its final state. Raises one
     sentence for an unknown fleet or group, or a load that failed."""
     state = next((f for f in fleet_state.list_fleets() if f.name == fleet), None)
-    if state is None or not fleet_state.pid_alive(state.supervisor_pid):
-        running = ", ".join(f.name for f in fleets() if fleet_state.pid_alive(f.supervisor_pid))
+    if state is None or not fleet_state.supervisor_alive(state):
+        running = ", ".join(f.name for f in fleets() if fleet_state.supervisor_alive(f))
         raise LauncherError(f"No fleet named '{fleet}' is running (running: {running or 'none'}).")
     names = [g.name for g in state.groups]
     if group not in names:

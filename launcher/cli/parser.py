@@ -10,6 +10,17 @@ from launcher.llamacpp.args import KV_TYPES
 from launcher.plan.workload import GOALS
 
 
+def port(text: str) -> int:
+    """``--port P``: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: give 1 to 65535")
+    return value
+
+
 def numbers(text: str) -> tuple[int, ...]:
     """``--users 8`` or ``--users 8,32,4`` (one per model)."""
     try:
@@ -131,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _plan_options(p, "plan for a hardware profile")
     p.add_argument(
-        "--port", type=int, help="router port the commands are for (8080); workers above it"
+        "--port", type=port, help="router port the commands are for (8080); workers above it"
     )
     p.add_argument(
         "--verify", action="store_true", help="compare with llama-fit-params on this box"
@@ -165,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-type", choices=KV_TYPES, help="KV cache type (default: the profile's)")
     p.add_argument("--goal", choices=GOALS, help="what the plan ranks layouts by")
     p.add_argument(
-        "--port", type=int, help="router port (the profile's, else 8080); workers above it"
+        "--port", type=port, help="router port (the profile's, else 8080); workers above it"
     )
     p.add_argument("--name", help="fleet name (default: the profile's or the model's)")
     p.add_argument(
@@ -184,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="llama-servers, e.g. http://127.0.0.1:8081; NAME= makes model groups routed by name",
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    p.add_argument("--port", type=port, default=8080, help="listen port (default 8080)")
     p.add_argument("--api-key-env", metavar="VAR", help="variable with the key clients must send")
     p.add_argument("--upstream-key-env", metavar="VAR", help="variable with the servers' key")
     p.add_argument("--max-queue", type=int, default=256, help="requests that may wait")
@@ -227,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model to run; repeat it for a fleet of several (the box plan is saved)",
     )
     _plan_options(p, "for another box (saved without planning)")
-    p.add_argument("--port", type=int, help="router port (8080); workers above it")
+    p.add_argument("--port", type=port, help="router port (8080); workers above it")
     p.add_argument("--force", action="store_true", help="replace an existing profile")
     p.set_defaults(handler=commands.cmd_profile_save)
     p = pr_sub.add_parser(

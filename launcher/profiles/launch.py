@@ -82,7 +82,18 @@ _ROUTE = {
     "short_to",
     "short_prompt_tokens",
 }
-_ROUTER = {"enabled", "host", "port", "api_key_env", "affinity", "members", "default_model"}
+_ROUTER = {
+    "enabled",
+    "host",
+    "port",
+    "api_key_env",
+    "affinity",
+    "members",
+    "default_model",
+    "max_body_mb",
+    "max_connections",
+    "idle_timeout_s",
+}
 _MEMBER = {"url", "weight", "api_key_env", "group"}
 
 
@@ -182,6 +193,10 @@ class _Check:
                 f"{where}extra_args", 'must be a list of strings, e.g. ["--temp", "0.7"].'
             )
         for arg in extra:
+            if not arg.isprintable():
+                raise self.fail(
+                    f"{where}extra_args", f"has {arg!r}, with a character that is not printable."
+                )
             if arg.startswith("-") and not _is_number(arg) and arg.split("=")[0] not in EXTRA_FLAGS:
                 raise self.fail(
                     f"{where}extra_args",
@@ -262,6 +277,9 @@ class _Check:
             affinity=self.flag(r, "affinity", "router.", False),
             default_model=self.typed(r, "default_model", str, "router.", "a group name"),
             members=tuple(members),
+            max_body_mb=self.count(r, "max_body_mb", "router.", 1) or 8,
+            max_connections=self.count(r, "max_connections", "router.", 16) or 0,
+            idle_timeout_s=self.seconds(r, "idle_timeout_s", "router.") or 15.0,
         )
 
 
@@ -390,6 +408,9 @@ def to_toml(spec: FleetSpec) -> dict[str, Any]:
         router["affinity"] = True
     if r.default_model:
         router["default_model"] = r.default_model
+    for key, default in (("max_body_mb", 8), ("max_connections", 0), ("idle_timeout_s", 15.0)):
+        if getattr(r, key) != default:
+            router[key] = getattr(r, key)
     if r.members:
         router["members"] = [{k: v for k, v in vars(m).items() if v is not None} for m in r.members]
     data["router"] = router

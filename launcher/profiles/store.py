@@ -8,8 +8,11 @@ without ``force`` and replaces it atomically when allowed.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         return data
     except OSError as err:
         raise LauncherError(f"{path} cannot be read ({err.strerror}); check the path.") from err
+    except UnicodeDecodeError as err:
+        raise LauncherError(
+            f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8."
+        ) from err
     except tomllib.TOMLDecodeError as err:
         raise LauncherError(f"{path} is not valid TOML ({err}); fix that line.") from err
 
@@ -80,8 +87,24 @@ def write_new(kind: str, name: str, text: str, *, force: bool = False) -> Path:
         raise LauncherError(
             f"{target} already exists; choose another name or pass --force to replace it."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".toml.tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    tmp = target.with_suffix(f".toml.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        if force:
+            tmp.replace(target)
+        else:  # a link fails when the name was taken meanwhile: nothing is replaced
+            os.link(tmp, target)
+    except FileExistsError as err:
+        raise LauncherError(
+            f"{target} already exists; choose another name or pass --force to replace it."
+        ) from err
+    except OSError as err:
+        raise LauncherError(
+            f"Cannot write {target} ({err.strerror}); check that {target.parent} is writable "
+            "and has space."
+        ) from err
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return target

@@ -23,8 +23,10 @@ checked on every route but ``/health``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +70,15 @@ GaugeSource = Callable[[], list[tuple[str, dict[str, str], float]]]
 """Extra gauges for /metrics: (name, labels, value), e.g. per-card NVML readings."""
 
 
+MIB = 1 << 20
+BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 108\r\n\r\n"
+    b'{"error": {"message": "the router has too many connections open", '
+    b'"type": "unavailable", "code": 503}}'
+)
+
+
 @dataclass
 class RouterConfig:
     host: str = "127.0.0.1"
@@ -77,6 +88,26 @@ class RouterConfig:
     queue_timeout_s: float = 30.0
     affinity: bool = False
     upstream_timeout_s: float = 600.0
+    max_body_bytes: int = 8 * MIB  # a request body beyond this gets 413
+    max_held_bytes: int = 256 * MIB  # request bodies held at once (queued or in flight)
+    max_connections: int = 0  # 0: from the file-descriptor limit (``connection_bound``)
+    idle_timeout_s: float = 15.0  # a connection that sends no (complete) request is closed
+
+
+def connection_bound() -> int:
+    """How many client connections the router keeps open: its file-descriptor limit, raised
+    to the hard limit, less what the workers' connections, logs and the rest need."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(64, min(soft - 256, soft * 3 // 4))
 
 
 class RouterControl(Protocol):
@@ -193,6 +224,9 @@ class Router:
         self.gauges = gauges
         self.queued_total = 0
         self.rejected_total = 0
+        self.truncated_total = 0  # answers a worker cut short (each told to its client)
+        self.too_large_total = 0
+        self.held_bytes = 0  # request bodies the router holds now
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._meters: dict[str, SpeedMeter] = {}
@@ -209,12 +243,14 @@ class Router:
 
     # -- life ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on the configured address, or on ``sock`` (bound already, by the
+        supervisor, so that a second fleet on the port fails at once)."""
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             connector=aiohttp.TCPConnector(limit=0, force_close=True),
         )
-        app = web.Application(middlewares=[self._auth], client_max_size=64 << 20)
+        app = web.Application(middlewares=[self._auth], client_max_size=self.config.max_body_bytes)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/models", self._models)
@@ -229,9 +265,16 @@ class Router:
             "/detokenize",
         ):
             app.router.add_post(path, self._proxy)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=self.config.idle_timeout_s
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        self._bound_connections()
+        site: web.BaseSite = (
+            web.SockSite(self._runner, sock)
+            if sock is not None
+            else web.TCPSite(self._runner, self.config.host, self.config.port)
+        )
         try:
             await site.start()
         except OSError as err:
@@ -241,6 +284,24 @@ class Router:
                 f"{self.config.port} ({err.strerror}); stop what uses it or "
                 "choose another --port."
             ) from err
+
+    def _bound_connections(self) -> None:
+        """Past the bound, a new connection is answered 503 and closed at once, so that idle
+        or half-sent connections cannot use up the descriptors the fleet needs."""
+        assert self._runner is not None and self._runner.server is not None
+        server = self._runner.server
+        limit = self.config.max_connections or connection_bound()
+        self.connection_limit = limit
+        accept = server.connection_made
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            accept(handler, transport)
+            if len(server.connections) > limit:
+                self.rejected_total += 1
+                transport.write(BUSY_ANSWER)
+                transport.close()
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -432,8 +493,20 @@ class Router:
         metric(
             "rejected_total",
             "counter",
-            "Requests turned away: queue full or timed out.",
+            "Requests or connections turned away: queue full, timed out, too many connections.",
             [({}, self.rejected_total)],
+        )
+        metric(
+            "truncated_total",
+            "counter",
+            "Answers a worker cut short (the client got an error event or a 502).",
+            [({}, self.truncated_total)],
+        )
+        metric(
+            "too_large_total",
+            "counter",
+            "Requests refused for a body over the limit (413).",
+            [({}, self.too_large_total)],
         )
         if self.gauges is not None:
             grouped: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -507,10 +580,29 @@ class Router:
         return group, None
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.too_large_total += 1
+            return self._error(
+                413,
+                f"The request body is over {self.config.max_body_bytes // MIB} MiB, this "
+                "fleet's limit (router.max_body_mb in its profile).",
+                "invalid_request_error",
+            )
+        if self.held_bytes + len(raw) > self.config.max_held_bytes:
+            self.rejected_total += 1
+            return self._busy("the router holds too many request bodies; retry shortly")
+        self.held_bytes += len(raw)
+        try:
+            return await self._route(request, raw)
+        finally:
+            self.held_bytes -= len(raw)
+
+    async def _route(self, request: web.Request, raw: bytes) -> web.StreamResponse:
         try:
             body = json.loads(raw) if raw else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None  # passed through: the worker answers with its own 400
         chosen = self._group_for(request.path, body)
         if isinstance(chosen, web.Response):
@@ -630,44 +722,78 @@ class Router:
                 timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, sock_connect=5),
             )
         except (aiohttp.ClientError, TimeoutError) as err:
-            m.errors += 1
-            m.healthy = False
-            m.last_failure = time.monotonic()
+            self._failed(m)
             return None, f"{m.name}: {err or type(err).__name__}"
         async with upstream:
-            out = web.StreamResponse(
-                status=upstream.status,
-                headers={
-                    **{k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
-                    **labels,
-                },
-            )
-            streaming = "text/event-stream" in upstream.headers.get("Content-Type", "")
+            out_headers = {
+                **{k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
+                **labels,
+            }
+            if "text/event-stream" not in upstream.headers.get("Content-Type", ""):
+                return await self._whole(upstream, m, out_headers), None
+            out = web.StreamResponse(status=upstream.status, headers=out_headers)
             tail = b""  # the end of a stream carries the token count
-            whole: list[bytes] = []  # a plain answer is kept whole (it is small)
             try:
                 await out.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await out.write(chunk)
-                    if streaming:
-                        tail = (tail + chunk)[-4096:]
-                    else:
-                        whole.append(chunk)
-                await out.write_eof()
+                    tail = (tail + chunk)[-4096:]
             except (ConnectionResetError, asyncio.CancelledError):
                 # the client went away: leaving this block closes the upstream connection, and
                 # llama-server stops generating for it
                 return out, None
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-                # the worker died mid-answer: bytes were sent, so no retry; end this response
-                m.errors += 1
-                m.healthy = False
-                m.last_failure = time.monotonic()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+                # the worker died mid-answer: bytes were sent, so no retry; the client gets a
+                # last event that says the answer is cut, not a clean end
+                self._failed(m)
+                self.truncated_total += 1
+                with contextlib.suppress(ConnectionResetError, RuntimeError):
+                    await out.write(_cut_event(m.name))
+                    await out.write_eof()
                 return out, None
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await out.write_eof()
             if upstream.status >= 500:
                 m.errors += 1
-            m.tokens += tokens_in(tail if streaming else b"".join(whole), streaming)
+            m.tokens += tokens_in(tail, True)
             return out, None
+
+    async def _whole(
+        self, upstream: aiohttp.ClientResponse, m: Member, headers: dict[str, str]
+    ) -> web.Response:
+        """A plain (not streamed) answer, read whole before the client gets a byte: one the
+        worker cut short becomes a 502 that says so."""
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+            self._failed(m)
+            self.truncated_total += 1
+            return self._error(
+                502,
+                f"worker {m.name} failed in the middle of the answer; it was lost, retry",
+                "upstream_error",
+            )
+        if upstream.status >= 500:
+            m.errors += 1
+        m.tokens += tokens_in(body, False)
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
+    def _failed(self, m: Member) -> None:
+        m.errors += 1
+        m.healthy = False
+        m.last_failure = time.monotonic()
+
+
+def _cut_event(worker: str) -> bytes:
+    """The last SSE event of a stream a worker cut short (OpenAI's error shape)."""
+    error = {
+        "error": {
+            "message": f"worker {worker} failed in the middle of the answer; it is truncated",
+            "type": "upstream_error",
+            "code": 502,
+        }
+    }
+    return f"data: {json.dumps(error)}\n\n".encode()
 
 
 def _number(value: float) -> str:

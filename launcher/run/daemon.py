@@ -31,7 +31,7 @@ STOP_TIMEOUT_S = 30.0
 
 def _running(name: str) -> fleet_state.FleetState | None:
     state = fleet_state.read_state(fleet_state.state_path(name))
-    if state and fleet_state.pid_alive(state.supervisor_pid):
+    if state and fleet_state.supervisor_alive(state):
         return state
     return None
 
@@ -126,7 +126,7 @@ def start_detached(spec: FleetSpec, say: Say) -> int:
 def stop_fleet(name: str | None, say: Say) -> str:
     """Ask a fleet's supervisor to stop (SIGTERM, then SIGKILL); returns the fleet's name."""
     fleets = fleet_state.list_fleets()
-    running = [f for f in fleets if fleet_state.pid_alive(f.supervisor_pid)]
+    running = [f for f in fleets if fleet_state.supervisor_alive(f)]
     if name is None:
         if len(running) == 1:
             name = running[0].name
@@ -144,15 +144,15 @@ def stop_fleet(name: str | None, say: Say) -> str:
         names = ", ".join(f.name for f in running) or "none"
         raise LauncherError(f"No fleet named '{name}' is running (running: {names}).")
     pid = state.supervisor_pid
-    if not fleet_state.pid_alive(pid):
+    if not fleet_state.supervisor_alive(state):
         fleet_state.remove_state(name)
         say(f"Fleet {name} was not running (its supervisor had gone); cleared its state.")
         return name
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while fleet_state.pid_alive(pid) and time.monotonic() < deadline:
+    while fleet_state.supervisor_alive(state) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if fleet_state.pid_alive(pid):
+    if fleet_state.supervisor_alive(state):
         say(
             f"Supervisor {pid} did not stop in {STOP_TIMEOUT_S:.0f} s; killing it (its workers "
             "die with it)."
@@ -168,7 +168,11 @@ def restart_worker(worker_id: str) -> None:
     fleet, _, _ = worker_id.partition("/")
     state = fleet_state.read_state(fleet_state.state_path(fleet))
     worker = next((w for w in state.workers if w.id == worker_id), None) if state else None
-    if worker is None or not worker.pid:
+    if (
+        worker is None
+        or worker.pid is None
+        or not fleet_state.same_process(worker.pid, worker.started)
+    ):
         raise LauncherError(f"No running worker {worker_id}; 'llama-launcher status' lists them.")
     with contextlib.suppress(ProcessLookupError):
         os.kill(worker.pid, signal.SIGTERM)

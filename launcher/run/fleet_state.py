@@ -3,6 +3,9 @@
 Each fleet's supervisor writes ``<state>/fleets/NAME.json`` (atomically, on every change and
 once a second with fresh metrics) and removes it when it stops. ``status``, ``logs`` and
 ``down`` read these files; a file whose supervisor is gone is stale and reported as stopped.
+A process is recorded with its start time (psutil's ``create_time``): a PID that the system
+has given to another process since is not the fleet's, so it is never signalled nor shown
+as running. State files and folders are the owner's only (0600 / 0700).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from launcher import paths
 
@@ -40,6 +45,7 @@ class WorkerState:
     message: str = ""  # why it failed or is restarting
     group: str = ""  # the fleet spec's group this worker serves
     argv: list[str] = field(default_factory=list)  # the command line it was started with
+    started: float | None = None  # the process's start time (psutil), with pid its identity
 
 
 GROUP_STATES = ("running", "loading", "unloaded", "failed")
@@ -76,6 +82,7 @@ class FleetState:
     model: str = ""
     layout: str = ""
     started_at: float = 0.0
+    supervisor_started: float | None = None  # the supervisor's start time (psutil)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,12 +100,28 @@ def state_path(fleet: str) -> Path:
     return fleets_dir() / f"{fleet}.json"
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` made if missing, the owner's only (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        path.chmod(0o700)
+    return path
+
+
 def write_state(state: FleetState) -> None:
+    """Write the state file atomically (0600); raises OSError (a full or read-only disk)."""
     path = state_path(state.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=1))
-    tmp.replace(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state.to_json(), indent=1))
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def remove_state(fleet: str) -> None:
@@ -123,6 +146,32 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def process_started(pid: int | None) -> float | None:
+    """When process ``pid`` started (None when there is no such process)."""
+    if not pid:
+        return None
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def same_process(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` is alive and is still the process that started at ``started`` (a
+    record without a start time is trusted on its PID alone)."""
+    if not pid_alive(pid):
+        return False
+    if started is None:
+        return True
+    now = process_started(pid)
+    return now is not None and abs(now - started) < 1.0
+
+
+def supervisor_alive(state: FleetState) -> bool:
+    """Whether the fleet's supervisor still runs (its PID, with its start time)."""
+    return same_process(state.supervisor_pid, state.supervisor_started)
+
+
 def read_state(path: Path) -> FleetState | None:
     try:
         data = json.loads(path.read_text())
@@ -143,7 +192,7 @@ def list_fleets() -> list[FleetState]:
         state = read_state(path)
         if state is None:
             continue
-        if not pid_alive(state.supervisor_pid):
+        if not supervisor_alive(state):
             for w in state.workers:
                 w.state = "stopped"
                 w.tok_s = 0.0
@@ -163,8 +212,7 @@ def control_dir(fleet: str) -> Path:
 
 def post_request(fleet: str, action: str, group: str) -> None:
     """Leave ``action`` (load, unload) on ``group`` for the fleet's supervisor."""
-    folder = control_dir(fleet)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(control_dir(fleet))
     path = folder / f"{time.time_ns()}-{os.getpid()}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"action": action, "group": group}))

@@ -57,6 +57,7 @@ STOP_GRACE_S = 10.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 LOG_MAX_BYTES = 10 << 20  # per file; one older file is kept
+STATE_ERROR_EVERY_S = 60.0  # a state file that cannot be written is said once a minute
 PR_SET_PDEATHSIG = 1
 _ERROR_WORDS = re.compile(r"error|failed|out of memory|invalid|unknown|cannot", re.IGNORECASE)
 
@@ -80,6 +81,37 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket listening on the router's address, for the router to serve: the port is this
+    fleet's from now on, and a second fleet on it fails at once."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:
+        raise LauncherError(f"The router's address {host} is not usable ({err}).") from err
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise LauncherError(
+            f"The router's port {port} on {host} is in use ({err.strerror}); stop what uses "
+            "it or choose another port with --port."
+        ) from err
+    try:
+        sock.listen(128)  # listening, the port is ours alone (SO_REUSEADDR or not)
+    except OSError as err:
+        sock.close()
+        raise LauncherError(
+            f"The router's port {port} on {host} is in use ({err.strerror}); stop what uses "
+            "it or choose another port with --port."
+        ) from err
+    sock.setblocking(False)
+    return sock
+
+
 def free_port(avoid: set[int], start: int) -> int:
     for port in range(start, start + 1000):
         if port not in avoid and port_free(port):
@@ -98,21 +130,33 @@ class RotatingLog:
     def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
+        fleet_state.private_dir(path.parent)
         self._f = path.open("ab")
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
         self.tail: deque[str] = deque(maxlen=60)
+        self.dropped = 0  # lines a full disk kept out of the file
 
     def write(self, line: bytes) -> None:
-        self._f.write(line)
-        self._f.flush()
+        """Append ``line``; on a full or read-only disk the line is dropped (the last lines
+        stay in memory for error messages) and the worker keeps running."""
         self.tail.append(line.decode(errors="replace").rstrip())
-        if self._f.tell() > self.max_bytes:
-            self._f.close()
-            self.path.replace(self.path.with_suffix(".log.1"))
-            self._f = self.path.open("ab")
+        try:
+            self._f.write(line)
+            self._f.flush()
+            if self._f.tell() > self.max_bytes:
+                self._f.close()
+                self.path.replace(self.path.with_suffix(".log.1"))
+                self._f = self.path.open("ab")
+        except (OSError, ValueError):  # ValueError: the file was closed by a failed rotation
+            self.dropped += 1
+            with contextlib.suppress(OSError):
+                if self._f.closed:
+                    self._f = self.path.open("ab")
 
     def close(self) -> None:
-        self._f.close()
+        with contextlib.suppress(OSError):
+            self._f.close()
 
 
 class Worker:
@@ -165,6 +209,7 @@ class Worker:
                 f"{self.id} could not start {argv[0]} ({err}); check the llama-server path."
             ) from err
         self.state.pid = self.proc.pid
+        self.state.started = fleet_state.process_started(self.proc.pid)
         self._pump = asyncio.create_task(self._read_output(self.proc))
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
@@ -260,7 +305,16 @@ def router_setup(router: RouterSpec) -> tuple[RouterConfig, list[tuple[str | Non
         )
         for i, m in enumerate(router.members)
     ]
-    return RouterConfig(router.host, router.port, key, affinity=router.affinity), remote
+    config = RouterConfig(
+        router.host,
+        router.port,
+        key,
+        affinity=router.affinity,
+        max_body_bytes=router.max_body_mb << 20,
+        max_connections=router.max_connections,
+        idle_timeout_s=router.idle_timeout_s,
+    )
+    return config, remote
 
 
 class GroupRun:
@@ -342,6 +396,7 @@ class Supervisor:
             m.name: WorkerPoller(m.url, m.api_key) for _, m in self.remote_members
         }
         self.router: Router | None = None
+        self._router_sock: socket.socket | None = None  # bound by _claim, listened on by the router
         self._members: dict[str, Member] = {}
         self.snapshots: dict[str, WorkerSnapshot] = {}  # latest poll, by worker id / member
         self._gpu_sampler: GpuSampler | None = None
@@ -356,8 +411,10 @@ class Supervisor:
             first.model,
             ",".join(g.layout for g in spec.groups),
             time.time(),
+            fleet_state.process_started(os.getpid()),
         )
         self._session: aiohttp.ClientSession | None = None
+        self._state_error_at = -STATE_ERROR_EVERY_S  # when a failed state write was last said
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the fleet is serving, or has failed to start
         self._gpu: GpuBackend | None = None  # opened when a worker has cards; closed at the end
@@ -384,13 +441,23 @@ class Supervisor:
                 g.overflowed = routed.overflowed
                 g.rule_routed = routed.rule_routed
         self.state.groups = groups
-        fleet_state.write_state(self.state)
+        try:
+            fleet_state.write_state(self.state)
+        except OSError as err:  # a full or read-only disk must not stop the fleet
+            now = time.monotonic()
+            if now - self._state_error_at > STATE_ERROR_EVERY_S:
+                self._state_error_at = now
+                self.say(
+                    f"Cannot write the state of fleet {self.fleet} ({err.strerror or err}); "
+                    "the fleet keeps serving, 'status' shows old figures until it can. "
+                    "Free space under the state folder."
+                )
 
     def _claim(self) -> None:
         existing = fleet_state.read_state(fleet_state.state_path(self.fleet))
         if (
             existing
-            and fleet_state.pid_alive(existing.supervisor_pid)
+            and fleet_state.supervisor_alive(existing)
             and (existing.supervisor_pid != os.getpid())
         ):
             raise LauncherError(
@@ -399,12 +466,7 @@ class Supervisor:
                 f"{self.fleet}' or choose another name."
             )
         if self.router_config is not None:
-            host, port = self.router_config.host, self.router_config.port
-            if not port_free(port, "0.0.0.0" if host in ("0.0.0.0", "::") else host):
-                raise LauncherError(
-                    f"The router's port {port} on {host} is in use; stop what "
-                    "uses it or choose another port with --port."
-                )
+            self._router_sock = reserve_port(self.router_config.host, self.router_config.port)
         taken = {w.spec.port for w in self.workers}
         if self.router_config is not None:
             taken.add(self.router_config.port)
@@ -432,11 +494,15 @@ class Supervisor:
         try:
             async with aiohttp.ClientSession() as session:
                 self._session = session
+                # the router listens first: a second fleet on its port fails at once, and
+                # requests that come while the models load queue (then 503 saying so)
+                if self.router_config is not None:
+                    await self._start_router()
                 if not await self._start_all(session):
                     return 1
                 await self._poll(session)
-                if self.router_config is not None:
-                    await self._start_router()
+                if self.router is not None:
+                    await self.router.observe(self.snapshots, self._group_states())
                 self.ready.set()
                 await self._watch(session)
             return 0
@@ -447,6 +513,8 @@ class Supervisor:
                     run.task.cancel()
             if self.router is not None:
                 await self.router.stop()
+            if self._router_sock is not None:
+                self._router_sock.close()
             if self._gpu_sampler is not None:
                 self._gpu_sampler.stop()
             await asyncio.gather(*(w.stop() for w in self.workers))
@@ -650,7 +718,7 @@ class Supervisor:
             default_model=self.spec.router.default_model,
             control=self,
         )
-        await self.router.start()
+        await self.router.start(self._router_sock)
         await self.router.observe(self.snapshots, self._group_states())
         self.state.router = {
             "url": self.router.url,

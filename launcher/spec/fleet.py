@@ -213,6 +213,9 @@ class RouterSpec:
     affinity: bool = False
     default_model: str | None = None
     members: tuple[RemoteMember, ...] = ()
+    max_body_mb: int = 8  # a request body beyond this gets 413
+    max_connections: int = 0  # client connections held open; 0: from the descriptor limit
+    idle_timeout_s: float = 15.0  # a connection without a complete request is closed
 
 
 @dataclass(frozen=True)
