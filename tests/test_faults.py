@@ -210,7 +210,8 @@ def test_fault_3_a_cut_answer_is_an_error_not_a_clean_end(launcher_home: Path) -
         def truncated() -> int:
             with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
                 text = resp.read().decode()
-            return int(text.split("llama_launcher_truncated_total ")[1].split()[0])
+            (line,) = [x for x in text.splitlines() if x.startswith("llama_launcher_truncated_")]
+            return int(line.split()[-1])
 
         before = truncated()
         # streamed: the last event says the answer is truncated
