@@ -373,3 +373,34 @@ def test_fault_10_concurrent_profile_saves_all_land(
     assert len(list((launcher_home / "config" / "launch").glob("p*.toml"))) == 20
     again = run_cli("profile", "save", "p0", "--model", model, env=fleet_env)
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_fault_7_down_drains_for_the_set_time_then_ends_streams_with_an_error(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = base_port()
+    profile = tiny_profile(tmp_path, model_factory("llama"), port, "drain_s = 2")
+    assert run_cli("up", str(profile), "--detach", env=fleet_env, timeout=120).returncode == 0
+    events: list[str] = []
+
+    def stream() -> None:  # an answer far longer than the drain
+        body = json.dumps(
+            {"prompt": "Hi", "n_predict": 100_000, "ignore_eos": True, "stream": True}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/completion", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            events.extend(line.decode().strip() for line in resp if line.startswith(b"data: "))
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    wait_for(lambda: len(events) > 3 or not reader.is_alive(), 20, "the stream to start")
+    started = time.monotonic()
+    down = run_cli("down", "f", env=fleet_env, timeout=60)
+    took = time.monotonic() - started
+    reader.join(30)
+    assert down.returncode == 0 and "up to 2 s to finish" in down.stderr + down.stdout
+    assert took < 2 + 2 + 10 + 5  # drain, close, the workers' grace, and a margin
+    last = json.loads(events[-1][6:])
+    assert "the fleet is stopping" in last["error"]["message"], events[-3:]

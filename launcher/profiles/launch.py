@@ -93,6 +93,7 @@ _ROUTER = {
     "max_body_mb",
     "max_connections",
     "idle_timeout_s",
+    "drain_s",
 }
 _MEMBER = {"url", "weight", "api_key_env", "group"}
 
@@ -280,6 +281,7 @@ class _Check:
             max_body_mb=self.count(r, "max_body_mb", "router.", 1) or 8,
             max_connections=self.count(r, "max_connections", "router.", 16) or 0,
             idle_timeout_s=self.seconds(r, "idle_timeout_s", "router.") or 15.0,
+            drain_s=self.seconds(r, "drain_s", "router.") or 10.0,
         )
 
 
@@ -408,7 +410,12 @@ def to_toml(spec: FleetSpec) -> dict[str, Any]:
         router["affinity"] = True
     if r.default_model:
         router["default_model"] = r.default_model
-    for key, default in (("max_body_mb", 8), ("max_connections", 0), ("idle_timeout_s", 15.0)):
+    for key, default in (
+        ("max_body_mb", 8),
+        ("max_connections", 0),
+        ("idle_timeout_s", 15.0),
+        ("drain_s", 10.0),
+    ):
         if getattr(r, key) != default:
             router[key] = getattr(r, key)
     if r.members:

@@ -71,6 +71,7 @@ GaugeSource = Callable[[], list[tuple[str, dict[str, str], float]]]
 
 
 MIB = 1 << 20
+STOP_CLOSE_S = 2.0  # after the drain, how long handlers get before they are cancelled
 BUSY_ANSWER = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 108\r\n\r\n"
@@ -227,6 +228,8 @@ class Router:
         self.truncated_total = 0  # answers a worker cut short (each told to its client)
         self.too_large_total = 0
         self.held_bytes = 0  # request bodies the router holds now
+        self.stopping = False  # a stop was asked: no new requests
+        self._streams: set[web.StreamResponse] = set()  # answers being streamed now
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._meters: dict[str, SpeedMeter] = {}
@@ -266,7 +269,10 @@ class Router:
         ):
             app.router.add_post(path, self._proxy)
         self._runner = web.AppRunner(
-            app, access_log=None, keepalive_timeout=self.config.idle_timeout_s
+            app,
+            access_log=None,
+            keepalive_timeout=self.config.idle_timeout_s,
+            shutdown_timeout=STOP_CLOSE_S,  # after the drain (``stop``), not instead of it
         )
         await self._runner.setup()
         self._bound_connections()
@@ -303,11 +309,25 @@ class Router:
 
         server.connection_made = connection_made  # type: ignore[method-assign]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stop: new requests get 503 at once; those in flight have ``drain_s`` seconds to
+        finish; streams still open then end with an error event that says the answer is cut
+        short (never a clean end), and the rest is closed."""
+        self.stopping = True
+        deadline = time.monotonic() + drain_s
+        while self._busy_now() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for out in list(self._streams):
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await out.write(_cut_event("", "the fleet is stopping"))
+                await out.write_eof()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+
+    def _busy_now(self) -> bool:
+        return any(g.in_flight or g.balancer.waiting for g in self.groups.values())
 
     # -- what the pollers saw ------------------------------------------------------------
 
@@ -580,6 +600,8 @@ class Router:
         return group, None
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        if self.stopping:
+            return self._busy("the fleet is stopping")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -733,6 +755,7 @@ class Router:
                 return await self._whole(upstream, m, out_headers), None
             out = web.StreamResponse(status=upstream.status, headers=out_headers)
             tail = b""  # the end of a stream carries the token count
+            self._streams.add(out)
             try:
                 await out.prepare(request)
                 async for chunk in upstream.content.iter_any():
@@ -751,6 +774,8 @@ class Router:
                     await out.write(_cut_event(m.name))
                     await out.write_eof()
                 return out, None
+            finally:
+                self._streams.discard(out)
             with contextlib.suppress(ConnectionResetError, RuntimeError):
                 await out.write_eof()
             if upstream.status >= 500:
@@ -784,11 +809,12 @@ class Router:
         m.last_failure = time.monotonic()
 
 
-def _cut_event(worker: str) -> bytes:
-    """The last SSE event of a stream a worker cut short (OpenAI's error shape)."""
+def _cut_event(worker: str, why: str = "") -> bytes:
+    """The last SSE event of a stream cut short (OpenAI's error shape)."""
+    why = why or f"worker {worker} failed in the middle of the answer"
     error = {
         "error": {
-            "message": f"worker {worker} failed in the middle of the answer; it is truncated",
+            "message": f"{why}; the answer is truncated",
             "type": "upstream_error",
             "code": 502,
         }

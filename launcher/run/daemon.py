@@ -26,7 +26,7 @@ from launcher.spec.fleet import FleetSpec
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 900.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0  # beyond the fleet's drain: the router's close and the workers' grace
 
 
 def _running(name: str) -> fleet_state.FleetState | None:
@@ -149,12 +149,16 @@ def stop_fleet(name: str | None, say: Say) -> str:
         say(f"Fleet {name} was not running (its supervisor had gone); cleared its state.")
         return name
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    # the drain, the router's close, the workers' grace, and a margin
+    timeout = state.drain_s + STOP_TIMEOUT_S
+    if state.drain_s > 1:
+        say(f"Stopping fleet {name}: requests in flight have up to {state.drain_s:g} s to finish.")
+    deadline = time.monotonic() + timeout
     while fleet_state.supervisor_alive(state) and time.monotonic() < deadline:
         time.sleep(0.1)
     if fleet_state.supervisor_alive(state):
         say(
-            f"Supervisor {pid} did not stop in {STOP_TIMEOUT_S:.0f} s; killing it (its workers "
+            f"Supervisor {pid} did not stop in {timeout:.0f} s; killing it (its workers "
             "die with it)."
         )
         os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class FleetState:
     layout: str = ""
     started_at: float = 0.0
     supervisor_started: float | None = None  # the supervisor's start time (psutil)
+    drain_s: float = 10.0  # how long a stop lets requests in flight finish
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,13 +173,19 @@ def supervisor_alive(state: FleetState) -> bool:
     return same_process(state.supervisor_pid, state.supervisor_started)
 
 
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less keys ``cls`` does not have (a state file from a newer version)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
 def read_state(path: Path) -> FleetState | None:
     try:
         data = json.loads(path.read_text())
-        workers = [WorkerState(**w) for w in data.pop("workers", [])]
-        groups = [GroupState(**g) for g in data.pop("groups", [])]
-        return FleetState(workers=workers, groups=groups, **data)
-    except (OSError, ValueError, TypeError):
+        workers = [WorkerState(**_known(WorkerState, w)) for w in data.pop("workers", [])]
+        groups = [GroupState(**_known(GroupState, g)) for g in data.pop("groups", [])]
+        return FleetState(workers=workers, groups=groups, **_known(FleetState, data))
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 

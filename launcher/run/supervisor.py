@@ -412,6 +412,7 @@ class Supervisor:
             ",".join(g.layout for g in spec.groups),
             time.time(),
             fleet_state.process_started(os.getpid()),
+            spec.router.drain_s,
         )
         self._session: aiohttp.ClientSession | None = None
         self._state_error_at = -STATE_ERROR_EVERY_S  # when a failed state write was last said
@@ -512,7 +513,7 @@ class Supervisor:
                 if run.task is not None and not run.task.done():
                     run.task.cancel()
             if self.router is not None:
-                await self.router.stop()
+                await self.router.stop(self.spec.router.drain_s)
             if self._router_sock is not None:
                 self._router_sock.close()
             if self._gpu_sampler is not None:

@@ -216,6 +216,7 @@ class RouterSpec:
     max_body_mb: int = 8  # a request body beyond this gets 413
     max_connections: int = 0  # client connections held open; 0: from the descriptor limit
     idle_timeout_s: float = 15.0  # a connection without a complete request is closed
+    drain_s: float = 10.0  # on stop, how long requests in flight may take to finish
 
 
 @dataclass(frozen=True)
