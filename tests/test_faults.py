@@ -51,11 +51,13 @@ def answers(url: str, codes: tuple[int, ...]) -> bool:
         return False
 
 
-def tiny_profile(tmp_path: Path, model: Path, port: int, router: str = "") -> Path:
+def tiny_profile(
+    tmp_path: Path, model: Path, port: int, router: str = "", users: int = 2, ctx: int = 512
+) -> Path:
     path = tmp_path / "f.toml"
     path.write_text(
         f'format = 2\nname = "f"\n[router]\nport = {port}\n{router}\n[[groups]]\n'
-        f'name = "tiny"\nmodel = "{model}"\nlayout = "cpu:1"\nusers = 2\nctx = 512\n'
+        f'name = "tiny"\nmodel = "{model}"\nlayout = "cpu:1"\nusers = {users}\nctx = {ctx}\n'
     )
     return path
 
@@ -379,7 +381,8 @@ def test_fault_7_down_drains_for_the_set_time_then_ends_streams_with_an_error(
     model_factory: Callable[..., Path], fleet_env: dict[str, str], tmp_path: Path
 ) -> None:
     port = base_port()
-    profile = tiny_profile(tmp_path, model_factory("llama"), port, "drain_s = 2")
+    # one user with a long context: an answer that runs far longer than the drain
+    profile = tiny_profile(tmp_path, model_factory("llama"), port, "drain_s = 2", 1, 32768)
     assert run_cli("up", str(profile), "--detach", env=fleet_env, timeout=120).returncode == 0
     events: list[str] = []
 

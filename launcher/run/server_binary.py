@@ -7,6 +7,7 @@ cache of builds made by ``install-server``. What a binary supports is probed onc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -126,8 +127,13 @@ def probe(binary: Path) -> ServerCapabilities:
             f"{binary} did not print its options; is it really llama-server? Rebuild it with "
             "'llama-launcher install-server --force' or pass --llama-server PATH."
         )
-    paths.probes_dir().mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(caps), indent=1))
-    tmp.replace(cache)
+    # a cache only: two commands probing at once, or a full disk, must not fail either
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        paths.probes_dir().mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(caps), indent=1))
+        tmp.replace(cache)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return caps
