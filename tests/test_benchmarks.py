@@ -16,8 +16,10 @@ from launcher.benchmarks import (
     gpu_sampler,
     group_routing,
     holdout,
+    idle_connections,
     nvidia_smi,
     plan_speed,
+    router_capacity,
     router_cost,
     tui_refresh,
 )
@@ -44,6 +46,18 @@ def test_router_cost_passes_every_chunk() -> None:
     cost = router_cost.measure(requests=20, chunks=5, interval_ms=2.0, streams=4)
     assert cost.via_chunks == 4 * (5 + 1)
     assert cost.direct_p50_ms > 0 and cost.via_p50_ms > 0 and cost.stream_ratio > 0
+
+
+def test_router_capacity_counts_both_ways() -> None:
+    c = router_capacity.measure(clients=4, seconds=0.5, chunks=3)
+    assert c.direct_rps > 0 and c.via_rps > 0 and c.stream_via_rps > 0
+    assert c.via_p99_ms >= c.via_p50_ms > 0
+
+
+def test_idle_connections_holds_them_and_keeps_serving() -> None:
+    c = idle_connections.measure(idle=50, seconds=0.5)
+    assert c.idle == 50 and c.refused == 0 and c.errors_during == 0
+    assert c.rps_during > 0 and c.router_rss_mb > 0
 
 
 def test_group_routing_times_both_routers() -> None:
