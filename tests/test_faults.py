@@ -355,6 +355,33 @@ def test_fault_10_mistakes_get_one_sentence(
     assert result.stderr.strip().splitlines()[-1].startswith(("llama-launcher", "usage"))
 
 
+def test_fault_10_a_read_only_home_gets_one_sentence(
+    model_factory: Callable[..., Path], llama_server: Path, tmp_path: Path
+) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    home = tmp_path / "home"
+    home.mkdir()
+    script = f"""
+mount --bind {home} {home} && mount -o remount,ro,bind {home} || exit 77
+export LLAMA_LAUNCHER_HOME={home} LLAMA_SERVER={llama_server}
+{sys.executable} -m launcher up {model_factory("llama")} --layout cpu:1 --port {free_port()} \
+    --detach
+"""
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode == 77 or "unshare failed" in result.stderr:
+        pytest.skip(f"read-only mounts are refused here: {result.stderr.strip()}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Cannot write the fleet's files under" in result.stderr
+    assert "Read-only file system" in result.stderr
+
+
 def test_fault_10_concurrent_profile_saves_all_land(
     model_factory: Callable[..., Path], fleet_env: dict[str, str], launcher_home: Path
 ) -> None:

@@ -572,10 +572,13 @@ def fleets() -> list[FleetState]:
 
 
 def log_path(worker_id: str) -> Path:
-    """The log of worker ``FLEET/wN``; raises with the workers that have logs."""
+    """The log of worker ``FLEET/wN`` (or ``FLEET/supervisor``, a detached fleet's
+    supervisor and router); raises with the logs there are."""
     fleet, _, worker = worker_id.partition("/")
     if not worker:
-        raise LauncherError("Name a worker as FLEET/wN, e.g. 'llama-launcher logs mymodel/w0'.")
+        raise LauncherError(
+            "Name a worker as FLEET/wN, or FLEET/supervisor, e.g. 'llama-launcher logs mymodel/w0'."
+        )
     folder = fleet_state.logs_dir(check_name(fleet))
     path = folder / f"{worker}.log"
     if not path.is_file():

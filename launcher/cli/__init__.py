@@ -28,3 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head, less, ...: not an error
         sys.stderr.close()
         return 0
+    except OSError as err:  # a file the program needed: one sentence, never a traceback
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"llama-launcher: cannot use{where} ({err.strerror or err}); check that it exists, "
+            "is writable and that the disk has space.",
+            file=sys.stderr,
+        )
+        return 1

@@ -222,7 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cmd_status)
 
     p = sub.add_parser("logs", help="a worker's log")
-    p.add_argument("worker", metavar="FLEET/wN", help="a worker, as 'status' names it")
+    p.add_argument(
+        "worker",
+        metavar="FLEET/wN",
+        help="a worker, as 'status' names it, or FLEET/supervisor (the supervisor and router)",
+    )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.set_defaults(handler=commands.cmd_logs)
 

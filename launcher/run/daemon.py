@@ -26,6 +26,7 @@ from launcher.spec.fleet import FleetSpec
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 900.0
+LOG_KEEP_BYTES = 10 << 20  # the supervisor's log is rotated when a fleet starts past this
 STOP_TIMEOUT_S = 20.0  # beyond the fleet's drain: the router's close and the workers' grace
 
 
@@ -68,14 +69,23 @@ def start_detached(spec: FleetSpec, say: Say) -> int:
             f"{existing.supervisor_pid}); stop it with 'llama-launcher down "
             f"{fleet}' first."
         )
-    log_dir = fleet_state.logs_dir(fleet)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "supervisor.log"
-    fleet_state.remove_state(fleet)
+    log_path = fleet_state.logs_dir(fleet) / "supervisor.log"
     handed = spec_path(fleet)
-    handed.parent.mkdir(parents=True, exist_ok=True)
-    handed.write_text(json.dumps(spec.to_json(), indent=1))
-    with open(log_path, "ab") as log:
+    try:
+        fleet_state.private_dir(log_path.parent)
+        if log_path.exists() and log_path.stat().st_size > LOG_KEEP_BYTES:  # one older kept
+            log_path.replace(log_path.with_suffix(".log.1"))
+        fleet_state.remove_state(fleet)
+        fleet_state.private_dir(handed.parent)
+        handed.write_text(json.dumps(spec.to_json(), indent=1))
+        handed.chmod(0o600)  # remote members' URLs; never keys (those stay in the environment)
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below, once the daemon has it
+    except OSError as err:
+        raise LauncherError(
+            f"Cannot write the fleet's files under {paths.state_dir()} ({err.strerror}); "
+            f"make it writable, free space, or set {paths.HOME_ENV} to another folder."
+        ) from err
+    with log:
         start = log.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "launcher.run.daemon", str(handed)],
