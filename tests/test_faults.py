@@ -434,3 +434,33 @@ def test_fault_7_down_drains_for_the_set_time_then_ends_streams_with_an_error(
     assert took < 2 + 2 + 10 + 5  # drain, close, the workers' grace, and a margin
     last = json.loads(events[-1][6:])
     assert "the fleet is stopping" in last["error"]["message"], events[-3:]
+
+
+def test_a_killed_router_comes_back_and_the_workers_keep_running(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = base_port()
+    profile = tiny_profile(tmp_path, model_factory("llama"), port)
+    assert run_cli("up", str(profile), "--detach", env=fleet_env, timeout=120).returncode == 0
+    fleet = status(fleet_env)["fleets"][0]  # type: ignore[index]
+    router_pid = int(fleet["router"]["pid"])
+    workers = [int(w["pid"]) for w in fleet["workers"]]
+    os.kill(router_pid, 9)
+    killed = time.monotonic()
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    wait_for(lambda: answers(url, (200, 400)), 10, "the router to answer again")
+    back = time.monotonic() - killed
+
+    def restarted() -> bool:  # the state file is written once a second
+        router = status(fleet_env)["fleets"][0]["router"]  # type: ignore[index]
+        return bool(router["pid"] != router_pid and router["restarts"] == 1)
+
+    wait_for(restarted, 5, "status to show the new router")
+    fleet = status(fleet_env)["fleets"][0]  # type: ignore[index]
+    assert [int(w["pid"]) for w in fleet["workers"]] == workers  # untouched
+    assert all(fleet_state.pid_alive(p) for p in workers)
+    code, _ = post(url, b'{"prompt":"Hi","max_tokens":2}')
+    assert code == 200
+    log = (Path(fleet_env["LLAMA_LAUNCHER_HOME"]) / "state/logs/f/supervisor.log").read_text()
+    assert "The router exited with code -9; started again in" in log
+    print(f"router back in {back:.2f} s")  # the figure docs/faults.md cites comes from here

@@ -15,7 +15,9 @@ each worker, SIGKILL after ``STOP_GRACE_S``. The fleet's state file (``fleet_sta
 One ``WorkerPoller`` per worker (and per remote member) polls ``/health``, ``/slots`` and
 ``/metrics`` every ``POLL_INTERVAL_S``; the router, the state file and the GPU readings all
 take their numbers from those snapshots and from the one GPU backend the supervisor opens
-(closed when it stops). The router runs in this event loop and does not poll on its own.
+(closed when it stops). The router is a process of its own (``router_host.RouterHost``):
+the supervisor binds its port, hands it each poll over a socketpair and starts it again if it
+dies; it does not poll on its own.
 
 Each model group of the spec is a ``GroupRun``. On-demand groups start unloaded: the router
 asks for one (``RouterControl.load_group``) on its first request, ``group load`` asks through
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -38,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -47,9 +49,11 @@ from launcher.gpu.sampler import GpuSampler
 from launcher.llamacpp.args import WORKER_ENV_DROPPED
 from launcher.llamacpp.poll import POLL_INTERVAL_S, WorkerPoller, WorkerSnapshot
 from launcher.router.balancer import Member
-from launcher.router.server import RouteGroup, Router, RouterConfig, require_key_for
+from launcher.router.process import spec_message
+from launcher.router.server import RouteGroup, RouterConfig, require_key_for
 from launcher.run import fleet_state
 from launcher.run.fleet_state import FleetState, GroupState, WorkerState
+from launcher.run.router_host import RouterHost, die_with_parent
 from launcher.spec.fleet import FleetSpec, GroupSpec, RouterSpec, WorkerSpec
 
 HEALTH_TIMEOUT_S = 600.0
@@ -58,7 +62,6 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 LOG_MAX_BYTES = 10 << 20  # per file; one older file is kept
 STATE_ERROR_EVERY_S = 60.0  # a state file that cannot be written is said once a minute
-PR_SET_PDEATHSIG = 1
 _ERROR_WORDS = re.compile(r"error|failed|out of memory|invalid|unknown|cannot", re.IGNORECASE)
 
 Say = Callable[[str], None]
@@ -117,11 +120,6 @@ def free_port(avoid: set[int], start: int) -> int:
         if port not in avoid and port_free(port):
             return port
     raise LauncherError(f"No free port found from {start} on; free some ports and try again.")
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class RotatingLog:
@@ -202,7 +200,7 @@ class Worker:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as err:
             raise LauncherError(
@@ -395,7 +393,7 @@ class Supervisor:
         self._remote_pollers = {
             m.name: WorkerPoller(m.url, m.api_key) for _, m in self.remote_members
         }
-        self.router: Router | None = None
+        self.router: RouterHost | None = None
         self._router_sock: socket.socket | None = None  # bound by _claim, listened on by the router
         self._members: dict[str, Member] = {}
         self.snapshots: dict[str, WorkerSnapshot] = {}  # latest poll, by worker id / member
@@ -435,12 +433,13 @@ class Supervisor:
             g.tok_s = round(sum(w.state.tok_s for w in workers), 1)
             if g.state == "running" and all(w.state.state == "failed" for w in workers):
                 g.state = "failed"  # out of restarts
-            routed = self.router.groups.get(g.name) if self.router is not None else None
-            if routed is not None:
-                g.requests = routed.requests
-                g.queued = routed.balancer.waiting
-                g.overflowed = routed.overflowed
-                g.rule_routed = routed.rule_routed
+            routed = (self.router.stats.get("groups") or {}) if self.router is not None else {}
+            if g.name in routed:
+                counts = routed[g.name]
+                g.requests = counts["requests"]
+                g.queued = counts["queued"]
+                g.overflowed = counts["overflowed"]
+                g.rule_routed = counts["rule_routed"]
         self.state.groups = groups
         try:
             fleet_state.write_state(self.state)
@@ -502,8 +501,7 @@ class Supervisor:
                 if not await self._start_all(session):
                     return 1
                 await self._poll(session)
-                if self.router is not None:
-                    await self.router.observe(self.snapshots, self._group_states())
+                self._observe()
                 self.ready.set()
                 await self._watch(session)
             return 0
@@ -628,8 +626,7 @@ class Supervisor:
                 new = free_port(used | {x.spec.port for x in run.workers}, w.spec.port + 1)
                 self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
                 w.set_port(new)
-                if w.id in self._members:
-                    self._members[w.id].url = w.state.url
+                self._moved(w)
         failed = await self._start_workers(run.workers, session, started)
         if failed:
             await asyncio.gather(*(w.stop() for w in run.workers))
@@ -683,9 +680,26 @@ class Supervisor:
         return {name: run.state for name, run in self.groups.items()}
 
     def _publish_groups(self) -> None:
+        self._observe()
+
+    def _observe(self) -> None:
+        """Hand the router the latest poll, the groups' states and the GPU readings."""
         if self.router is not None:
-            for name, state in self._group_states().items():
-                self.router.groups[name].state = state
+            self.router.observe(self.snapshots, self._group_states(), self._gpu_gauges())
+
+    def _router_message(self, message: dict[str, Any]) -> None:
+        """What the router asks (``RouterControl`` over the channel)."""
+        if message["type"] == "load":
+            self.load_group(str(message["group"]))
+        elif message["type"] == "used":
+            self.group_used(str(message["group"]), int(message["in_flight"]))
+
+    def _moved(self, w: Worker) -> None:
+        """A worker's port changed: the router reaches it there."""
+        if w.id in self._members:
+            self._members[w.id].url = w.state.url
+        if self.router is not None:
+            self.router.set_url(w.id, w.state.url)
 
     async def _start_router(self) -> None:
         """Serve the fleet's endpoint: every worker, plus the profile's remote members."""
@@ -707,30 +721,27 @@ class Supervisor:
             for g in self.spec.groups
         ]
         cards = sorted({c for w in self.workers for c in w.spec.cards})
-        gauges = None
         if cards:
             self._gpu_sampler = GpuSampler(self._backend(), cards, lambda samples, tick: None)
             self._gpu_sampler.start()
-            gauges = self._gpu_gauges
-        self.router = Router(
-            groups,
-            self.router_config,
-            gauges,
-            default_model=self.spec.router.default_model,
-            control=self,
+        assert self._router_sock is not None
+        self.router = RouterHost(
+            spec_message(self.router_config, groups, self.spec.router.default_model),
+            self._router_sock,
+            self._router_message,
+            self.say,
         )
-        await self.router.start(self._router_sock)
-        await self.router.observe(self.snapshots, self._group_states())
+        await self.router.start()
+        self._observe()
         self.state.router = {
             "url": self.router.url,
             "host": self.router_config.host,
             "port": self.router_config.port,
             "members": [m.url for _, m in self.remote_members],
+            "pid": self.router.pid,
         }
-        self.say(
-            f"Router for fleet {self.fleet} on {self.router.url} "
-            f"({len(self.router.members)} member(s))."
-        )
+        members = sum(len(g.members) for g in groups)
+        self.say(f"Router for fleet {self.fleet} on {self.router.url} ({members} member(s)).")
         self._save()
 
     def _gpu_gauges(self) -> list[tuple[str, dict[str, str], float]]:
@@ -807,7 +818,11 @@ class Supervisor:
             self._expire()
             await self._poll(session)
             if self.router is not None:
-                await self.router.observe(self.snapshots, self._group_states())
+                await self.router.watch()
+                if self.state.router is not None:
+                    self.state.router["pid"] = self.router.pid
+                    self.state.router["restarts"] = self.router.restarts
+            self._observe()
             tick += 1
             if tick % 10 == 1 and any(w.spec.cards for w in self.workers):
                 await self._gpu_usage()
@@ -867,8 +882,7 @@ class Supervisor:
                 new = free_port({x.spec.port for x in self.workers}, w.spec.port + 1)
                 self.say(f"Port {w.spec.port} is in use; {w.id} moves to port {new}.")
                 w.set_port(new)
-                if w.id in self._members:
-                    self._members[w.id].url = w.state.url
+                self._moved(w)
             await w.start()
             try:
                 await w.wait_healthy(session, self.health_timeout, self.say)
