@@ -22,6 +22,7 @@ from launcher.benchmarks import (
     router_capacity,
     router_cost,
     tui_refresh,
+    worker_kill,
 )
 from launcher.benchmarks.boxes import h100s
 from launcher.gpu.backend import FixedBackend
@@ -58,6 +59,15 @@ def test_idle_connections_holds_them_and_keeps_serving() -> None:
     c = idle_connections.measure(idle=50, seconds=0.5)
     assert c.idle == 50 and c.refused == 0 and c.errors_during == 0
     assert c.rps_during > 0 and c.router_rss_mb > 0
+
+
+def test_worker_kill_counts_what_was_lost(
+    llama_server: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLAMA_SERVER", str(llama_server))
+    k = worker_kill.measure(clients=2, seconds=3.0, port=base_port())
+    assert k.clean_but_cut == 0  # a cut answer always reaches its client as an error
+    assert k.served > 0 and k.back_healthy_s > 0
 
 
 def test_group_routing_times_both_routers() -> None:

@@ -56,19 +56,31 @@ async def _client(url: str, stop: float, counts: dict[str, int]) -> None:
                 counts["failed"] += 1
 
 
+async def _back(name: str, index: int, pid: int) -> float:
+    """Seconds until worker ``index`` of fleet ``name`` is healthy again with a new PID."""
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
+        state = next(f for f in await asyncio.to_thread(fleet.fleets) if f.name == name)
+        worker = state.workers[index]
+        if worker.state == "healthy" and worker.pid not in (None, pid):
+            return time.monotonic() - started
+        await asyncio.sleep(0.1)
+    return -1.0
+
+
 async def _run(
     router: str, worker_pid: int, worker_url: str, clients: int, seconds: float
-) -> tuple[dict[str, int], int]:
+) -> tuple[dict[str, int], int, float]:
     counts = {"served": 0, "failed": 0, "cut": 0}
     stop = time.monotonic() + seconds
     tasks = [asyncio.create_task(_client(router, stop, counts)) for _ in range(clients)]
     await asyncio.sleep(1.0)
-    busy = 0
     async with aiohttp.ClientSession() as s, s.get(f"{worker_url}/slots") as r:
         busy = sum(1 for slot in await r.json() if slot.get("is_processing"))
     os.kill(worker_pid, signal.SIGKILL)
+    back = await _back("k", 1, worker_pid)
     await asyncio.gather(*tasks)
-    return counts, busy
+    return counts, busy, back
 
 
 def measure(clients: int = 4, seconds: float = 8.0, port: int = 18560) -> WorkerKill:
@@ -86,18 +98,9 @@ def measure(clients: int = 4, seconds: float = 8.0, port: int = 18560) -> Worker
             state = next(f for f in fleet.fleets() if f.name == "k")
             victim = state.workers[1]
             assert victim.pid is not None and state.router is not None
-            killed_at = time.monotonic()
-            counts, busy = asyncio.run(
+            counts, busy, back = asyncio.run(
                 _run(state.router["url"], victim.pid, victim.url, clients, seconds)
             )
-            back = -1.0
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                now = next(f for f in fleet.fleets() if f.name == "k").workers[1]
-                if now.state == "healthy" and now.pid != victim.pid:
-                    back = time.monotonic() - killed_at - 1.0  # the kill came a second in
-                    break
-                time.sleep(0.1)
         finally:
             for f in fleet.fleets():
                 fleet.stop(f.name, lambda line: None)
