@@ -72,6 +72,7 @@ GaugeSource = Callable[[], list[tuple[str, dict[str, str], float]]]
 
 MIB = 1 << 20
 STOP_CLOSE_S = 2.0  # after the drain, how long handlers get before they are cancelled
+UPSTREAM_IDLE_S = 2.0  # how long an idle upstream connection is kept for the next request
 BUSY_ANSWER = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 108\r\n\r\n"
@@ -249,9 +250,11 @@ class Router:
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on the configured address, or on ``sock`` (bound already, by the
         supervisor, so that a second fleet on the port fails at once)."""
+        # upstream connections are kept for reuse, for less than llama-server keeps an idle
+        # one (5 s): a request never goes out on a connection the worker is closing
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_IDLE_S),
         )
         app = web.Application(middlewares=[self._auth], client_max_size=self.config.max_body_bytes)
         app.router.add_get("/health", self._health)
@@ -736,13 +739,17 @@ class Router:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers.update(self._headers(m))
+        timeout = aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, sock_connect=5)
         try:
-            upstream = await self._session.post(
-                f"{m.url}{request.path_qs}",
-                data=raw,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, sock_connect=5),
-            )
+            try:
+                upstream = await self._session.post(
+                    f"{m.url}{request.path_qs}", data=raw, headers=headers, timeout=timeout
+                )
+            except aiohttp.ServerDisconnectedError:
+                # a kept connection the worker had just closed: once more, on a new one
+                upstream = await self._session.post(
+                    f"{m.url}{request.path_qs}", data=raw, headers=headers, timeout=timeout
+                )
         except (aiohttp.ClientError, TimeoutError) as err:
             self._failed(m)
             return None, f"{m.name}: {err or type(err).__name__}"
