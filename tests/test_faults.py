@@ -107,6 +107,21 @@ READ_STATE = (
 )
 
 
+def test_fault_1_a_body_that_does_not_arrive_gets_408(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = base_port()
+    profile = tiny_profile(tmp_path, model_factory("llama"), port, "body_timeout_s = 1")
+    assert run_cli("up", str(profile), "--detach", env=fleet_env, timeout=120).returncode == 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"prompt":'
+        )
+        answer = s.recv(400)
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
+
+
 def test_fault_2_a_full_disk_does_not_stop_the_fleet(
     model_factory: Callable[..., Path], llama_server: Path, tmp_path: Path
 ) -> None:
@@ -464,3 +479,28 @@ def test_a_killed_router_comes_back_and_the_workers_keep_running(
     log = (Path(fleet_env["LLAMA_LAUNCHER_HOME"]) / "state/logs/f/supervisor.log").read_text()
     assert "The router exited with code -9; started again in" in log
     print(f"router back in {back:.2f} s")  # the figure docs/faults.md cites comes from here
+
+
+def test_the_supervisors_own_log_rotates(tmp_path: Path, launcher_home: Path) -> None:
+    log = tmp_path / "supervisor.log"
+    log.write_bytes(b"x" * 2000)
+    snippet = f"""
+import sys
+from pathlib import Path
+from launcher.llamacpp.args import ServerArgs
+from launcher.run import supervisor
+from launcher.spec.fleet import FleetSpec, GroupSpec, WorkerSpec
+supervisor.LOG_MAX_BYTES = 1000
+worker = WorkerSpec(ServerArgs("llama-server", "m.gguf", 18999, 1, 256), {{}}, ())
+spec = FleetSpec("r", (GroupSpec("g", "m.gguf", workers=(worker,)),))
+sup = supervisor.Supervisor(spec, own_log=Path("{log}"), handle_signals=False)
+sup._rotate_own_log()
+print("after the rotation")
+"""
+    with log.open("ab") as out:
+        result = subprocess.run(
+            [sys.executable, "-c", snippet], stdout=out, stderr=out, timeout=60, check=False
+        )
+    assert result.returncode == 0
+    assert log.with_suffix(".log.1").stat().st_size == 2000  # the old one, kept
+    assert log.read_text() == "after the rotation\n"  # the new one

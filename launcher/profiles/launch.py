@@ -94,6 +94,7 @@ _ROUTER = {
     "max_connections",
     "idle_timeout_s",
     "drain_s",
+    "body_timeout_s",
 }
 _MEMBER = {"url", "weight", "api_key_env", "group"}
 
@@ -282,6 +283,7 @@ class _Check:
             max_connections=self.count(r, "max_connections", "router.", 16) or 0,
             idle_timeout_s=self.seconds(r, "idle_timeout_s", "router.") or 15.0,
             drain_s=self.seconds(r, "drain_s", "router.") or 10.0,
+            body_timeout_s=self.seconds(r, "body_timeout_s", "router.") or 30.0,
         )
 
 
@@ -415,6 +417,7 @@ def to_toml(spec: FleetSpec) -> dict[str, Any]:
         ("max_connections", 0),
         ("idle_timeout_s", 15.0),
         ("drain_s", 10.0),
+        ("body_timeout_s", 30.0),
     ):
         if getattr(r, key) != default:
             router[key] = getattr(r, key)

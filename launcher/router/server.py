@@ -64,7 +64,7 @@ GROUP_HEADER = "X-Llama-Launcher-Group"
 WORKER_HEADER = "X-Llama-Launcher-Worker"
 ROUTED_HEADER = "X-Llama-Launcher-Routed"  # "overflow" or "rule" when another group served it
 CHARS_PER_TOKEN = 4  # the size rule's estimate of a prompt's tokens
-GROUP_STATES = ("running", "loading", "unloaded", "failed")
+GROUP_STATES = ("running", "loading", "restarting", "unloaded", "failed")
 
 GaugeSource = Callable[[], list[tuple[str, dict[str, str], float]]]
 """Extra gauges for /metrics: (name, labels, value), e.g. per-card NVML readings."""
@@ -94,6 +94,7 @@ class RouterConfig:
     max_held_bytes: int = 256 * MIB  # request bodies held at once (queued or in flight)
     max_connections: int = 0  # 0: from the file-descriptor limit (``connection_bound``)
     idle_timeout_s: float = 15.0  # a connection that sends no (complete) request is closed
+    body_timeout_s: float = 30.0  # a request body that has not all arrived by then gets 408
 
 
 def connection_bound() -> int:
@@ -606,7 +607,14 @@ class Router:
         if self.stopping:
             return self._busy("the fleet is stopping")
         try:
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except TimeoutError:
+            self.rejected_total += 1
+            return self._error(
+                408,
+                f"The request body did not arrive within {self.config.body_timeout_s:g} s.",
+                "invalid_request_error",
+            )
         except web.HTTPRequestEntityTooLarge:
             self.too_large_total += 1
             return self._error(
@@ -641,12 +649,15 @@ class Router:
         if group.on_demand and group.state in ("unloaded", "failed") and self.control:
             self.control.load_group(group.name)
             group.state = "loading"
-        elif not group.serving and group.state != "loading":
+        elif group.state == "failed":
             self.rejected_total += 1
             return self._busy(
-                f"no worker of model {group.name} is healthy now; the supervisor is "
-                "restarting it, retry shortly"
+                f"model {group.name} has failed: its workers are out of restarts; "
+                "'llama-launcher status' says why"
             )
+        elif not group.serving and group.state not in ("loading", "restarting"):
+            self.rejected_total += 1
+            return self._busy(f"no worker of model {group.name} is healthy now; retry shortly")
         if self.control:
             self.control.group_used(group.name, group.in_flight + 1)
         try:
@@ -672,9 +683,9 @@ class Router:
                 return self._busy(f"all workers of {group.name} are busy and the queue is full")
             except TimeoutError:
                 self.rejected_total += 1
-                if group.state == "loading":
+                if group.state in ("loading", "restarting"):
                     return self._busy(
-                        f"model {group.name} is still loading (on demand) after "
+                        f"model {group.name} is still {group.state} after "
                         f"{self.config.queue_timeout_s:g} s; retry shortly"
                     )
                 return self._busy(f"no slot freed within {self.config.queue_timeout_s:g} s")

@@ -197,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = FleetSpec.from_json(json.loads(Path(args[0]).read_text()))
-        return run_supervisor(Supervisor(spec))
+        own_log = fleet_state.logs_dir(spec.name) / "supervisor.log"
+        return run_supervisor(Supervisor(spec, own_log=own_log))
     except LauncherError as err:
         print(f"llama-launcher: {err}", flush=True)
         return err.exit_code

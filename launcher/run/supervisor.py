@@ -311,6 +311,7 @@ def router_setup(router: RouterSpec) -> tuple[RouterConfig, list[tuple[str | Non
         max_body_bytes=router.max_body_mb << 20,
         max_connections=router.max_connections,
         idle_timeout_s=router.idle_timeout_s,
+        body_timeout_s=router.body_timeout_s,
     )
     return config, remote
 
@@ -359,6 +360,7 @@ class Supervisor:
         say: Say | None = None,
         handle_signals: bool = True,
         queue_timeout_s: float | None = None,
+        own_log: Path | None = None,
     ) -> None:
         if not spec.planned:
             raise LauncherError(
@@ -414,6 +416,7 @@ class Supervisor:
         )
         self._session: aiohttp.ClientSession | None = None
         self._state_error_at = -STATE_ERROR_EVERY_S  # when a failed state write was last said
+        self.own_log = own_log  # a detached supervisor's log (its stdout), rotated as it grows
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the fleet is serving, or has failed to start
         self._gpu: GpuBackend | None = None  # opened when a worker has cards; closed at the end
@@ -677,7 +680,20 @@ class Supervisor:
                 self.unload_group(name, "on request")
 
     def _group_states(self) -> dict[str, str]:
-        return {name: run.state for name, run in self.groups.items()}
+        """Each group's state for the router: a running group whose workers are all out of
+        restarts is failed (503 at once), one whose workers are all restarting is restarting
+        (requests queue for it)."""
+        out = {}
+        for name, run in self.groups.items():
+            state = run.state
+            if state == "running":
+                workers = {w.state.state for w in run.workers}
+                if workers and workers <= {"failed"}:
+                    state = "failed"
+                elif "healthy" not in workers and "restarting" in workers:
+                    state = "restarting"
+            out[name] = state
+        return out
 
     def _publish_groups(self) -> None:
         self._observe()
@@ -824,6 +840,8 @@ class Supervisor:
                     self.state.router["restarts"] = self.router.restarts
             self._observe()
             tick += 1
+            if tick % 10 == 0:
+                self._rotate_own_log()
             if tick % 10 == 1 and any(w.spec.cards for w in self.workers):
                 await self._gpu_usage()
             if tick % 2 == 1:
@@ -832,6 +850,22 @@ class Supervisor:
                 await asyncio.wait_for(self._stop.wait(), POLL_INTERVAL_S)
         for task in restarting:
             task.cancel()
+
+    def _rotate_own_log(self) -> None:
+        """A detached supervisor's log past ``LOG_MAX_BYTES``: kept as ``.log.1``, and this
+        process (and the router it starts next) writes a new one."""
+        path = self.own_log
+        try:
+            if path is None or path.stat().st_size <= LOG_MAX_BYTES:
+                return
+            sys.stdout.flush()
+            path.replace(path.with_suffix(".log.1"))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        except OSError:
+            pass  # a full or read-only disk: keep writing where it was
 
     async def _gpu_usage(self) -> None:
         """Which cards NVML sees each worker on, and how much memory it holds there."""

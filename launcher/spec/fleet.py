@@ -217,6 +217,7 @@ class RouterSpec:
     max_connections: int = 0  # client connections held open; 0: from the descriptor limit
     idle_timeout_s: float = 15.0  # a connection without a complete request is closed
     drain_s: float = 10.0  # on stop, how long requests in flight may take to finish
+    body_timeout_s: float = 30.0  # a request body not all in by then gets 408
 
 
 @dataclass(frozen=True)
