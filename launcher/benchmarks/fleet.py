@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,19 +78,15 @@ async def _poll(urls: list[str], seconds: float) -> tuple[float, float, int]:
     return usage.ru_utime + usage.ru_stime - cpu0, time.monotonic() - t0, polls
 
 
-def measure(seconds: float, base_port: int = 18500, poll_workers: int = 8) -> FleetTimes:
-    """Both measurements in a fresh home (``$LLAMA_LAUNCHER_HOME``); every fleet is stopped."""
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as home:
+@contextlib.contextmanager
+def private_home(prefix: str) -> Iterator[Path]:
+    """A fresh ``$LLAMA_LAUNCHER_HOME`` for a benchmark: every fleet started in it is stopped
+    and the variable is put back, whatever happens."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as home:
         before = os.environ.get(paths.HOME_ENV)
         os.environ[paths.HOME_ENV] = home
         try:
-            model = models.make_model(Path(home) / "tiny.gguf", "llama", "tiny")[0]
-            one, _, _ = _up(model, 1, base_port)
-            fleet.stop("b1", lambda line: None)
-            four, each, _ = _up(model, 4, base_port + 10)
-            fleet.stop("b4", lambda line: None)
-            _, _, urls = _up(model, poll_workers, base_port + 20)
-            cpu, wall, polls = asyncio.run(_poll(urls, seconds))
+            yield Path(home)
         finally:
             for f in fleet.fleets():
                 fleet.stop(f.name, lambda line: None)
@@ -97,6 +94,18 @@ def measure(seconds: float, base_port: int = 18500, poll_workers: int = 8) -> Fl
                 os.environ.pop(paths.HOME_ENV, None)
             else:
                 os.environ[paths.HOME_ENV] = before
+
+
+def measure(seconds: float, base_port: int = 18500, poll_workers: int = 8) -> FleetTimes:
+    """Both measurements in a fresh home (``$LLAMA_LAUNCHER_HOME``); every fleet is stopped."""
+    with private_home("bench-fleet-") as home:
+        model = models.make_model(home / "tiny.gguf", "llama", "tiny")[0]
+        one, _, _ = _up(model, 1, base_port)
+        fleet.stop("b1", lambda line: None)
+        four, each, _ = _up(model, 4, base_port + 10)
+        fleet.stop("b4", lambda line: None)
+        _, _, urls = _up(model, poll_workers, base_port + 20)
+        cpu, wall, polls = asyncio.run(_poll(urls, seconds))
     return FleetTimes(one, tuple(each), four, len(urls), wall, cpu, polls)
 
 

@@ -17,16 +17,14 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import aiohttp
 
-from launcher import paths
 from launcher.app import fleet, models
+from launcher.benchmarks.fleet import private_home
 
 
 @dataclass(frozen=True)
@@ -84,30 +82,20 @@ async def _run(
 
 
 def measure(clients: int = 4, seconds: float = 8.0, port: int = 18560) -> WorkerKill:
-    with tempfile.TemporaryDirectory(prefix="bench-kill-") as home:
-        before = os.environ.get(paths.HOME_ENV)
-        os.environ[paths.HOME_ENV] = home
-        try:
-            model = models.make_model(Path(home) / "tiny.gguf", "llama", "tiny")[0]
-            request = fleet.UpRequest(
-                str(model), layout="cpu:2", users=(clients,), ctx=(512,), port=port, name="k"
-            )
-            spec = fleet.prepare_up(request).spec
-            if fleet.start(spec, detach=True, say=lambda line: None) != 0:
-                raise RuntimeError("the fleet did not start; see its supervisor.log")
-            state = next(f for f in fleet.fleets() if f.name == "k")
-            victim = state.workers[1]
-            assert victim.pid is not None and state.router is not None
-            counts, busy, back = asyncio.run(
-                _run(state.router["url"], victim.pid, victim.url, clients, seconds)
-            )
-        finally:
-            for f in fleet.fleets():
-                fleet.stop(f.name, lambda line: None)
-            if before is None:
-                os.environ.pop(paths.HOME_ENV, None)
-            else:
-                os.environ[paths.HOME_ENV] = before
+    with private_home("bench-kill-") as home:
+        model = models.make_model(home / "tiny.gguf", "llama", "tiny")[0]
+        request = fleet.UpRequest(
+            str(model), layout="cpu:2", users=(clients,), ctx=(512,), port=port, name="k"
+        )
+        spec = fleet.prepare_up(request).spec
+        if fleet.start(spec, detach=True, say=lambda line: None) != 0:
+            raise RuntimeError("the fleet did not start; see its supervisor.log")
+        state = next(f for f in fleet.fleets() if f.name == "k")
+        victim = state.workers[1]
+        assert victim.pid is not None and state.router is not None
+        counts, busy, back = asyncio.run(
+            _run(state.router["url"], victim.pid, victim.url, clients, seconds)
+        )
     return WorkerKill(clients, counts["served"], counts["failed"], counts["cut"], busy, back)
 
 
