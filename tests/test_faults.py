@@ -504,3 +504,29 @@ print("after the rotation")
     assert result.returncode == 0
     assert log.with_suffix(".log.1").stat().st_size == 2000  # the old one, kept
     assert log.read_text() == "after the rotation\n"  # the new one
+
+
+def test_fault_9_a_group_that_cannot_be_ready_in_time_answers_503_at_once(
+    model_factory: Callable[..., Path], fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = base_port()
+    path = tmp_path / "od.toml"
+    path.write_text(
+        f'format = 2\nname = "od"\n[router]\nport = {port}\nqueue_timeout_s = 0.2\n'
+        f'[[groups]]\nname = "chat"\nmodel = "{model_factory("llama")}"\nlayout = "cpu:1"\n'
+        f'users = 1\nctx = 512\n[[groups]]\nname = "lazy"\nmodel = "{model_factory("qwen3")}"\n'
+        'layout = "cpu:1"\nusers = 1\nctx = 512\non_demand = true\n'
+    )
+    assert run_cli("up", str(path), "--detach", env=fleet_env, timeout=120).returncode == 0
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    body = b'{"model":"lazy","prompt":"Hi","max_tokens":2}'
+    # its first load: how long it takes is not known yet, so the request waits (0.2 s here)
+    code, answer = post(url, body)
+    assert code == 503 and b"still loading" in answer
+    wait_for(lambda: post(url, body)[0] == 200, 30, "lazy to load")
+    unloaded = run_cli("group", "unload", "od", "lazy", env=fleet_env, timeout=60)
+    assert unloaded.returncode == 0
+    # now its load time is known and longer than requests wait: 503 at once, saying when
+    code, answer = post(url, body)
+    assert code == 503 and b"it should be ready in about" in answer, answer
+    wait_for(lambda: post(url, body)[0] == 200, 30, "lazy to load again")

@@ -95,6 +95,7 @@ _ROUTER = {
     "idle_timeout_s",
     "drain_s",
     "body_timeout_s",
+    "queue_timeout_s",
 }
 _MEMBER = {"url", "weight", "api_key_env", "group"}
 
@@ -284,6 +285,7 @@ class _Check:
             idle_timeout_s=self.seconds(r, "idle_timeout_s", "router.") or 15.0,
             drain_s=self.seconds(r, "drain_s", "router.") or 10.0,
             body_timeout_s=self.seconds(r, "body_timeout_s", "router.") or 30.0,
+            queue_timeout_s=self.seconds(r, "queue_timeout_s", "router.") or 30.0,
         )
 
 
@@ -418,6 +420,7 @@ def to_toml(spec: FleetSpec) -> dict[str, Any]:
         ("idle_timeout_s", 15.0),
         ("drain_s", 10.0),
         ("body_timeout_s", 30.0),
+        ("queue_timeout_s", 30.0),
     ):
         if getattr(r, key) != default:
             router[key] = getattr(r, key)

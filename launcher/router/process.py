@@ -6,7 +6,8 @@ which it bound itself, is inherited as LISTEN_FD. Messages are JSON lines.
 
 Supervisor → router: ``spec`` (first: the router's settings and the groups with their members,
 API keys included: they never touch a file), ``observe`` (each poll: worker snapshots, group
-states, GPU gauges), ``url`` (a worker moved port), ``stop`` (drain for ``drain_s``, then exit).
+states, when a loading or restarting group should be ready, GPU gauges), ``url`` (a worker
+moved port), ``stop`` (drain for ``drain_s``, then exit).
 Router → supervisor: ``load`` (an on-demand group), ``used`` (a group's requests in flight, for
 its TTL), ``stats`` (once a second: per group requests, queue, overflow; per member requests
 and tokens; what ``status`` and the Dashboard show). When the channel closes (the supervisor
@@ -151,7 +152,7 @@ async def serve(channel: socket.socket, listener: socket.socket) -> int:
                     k: WorkerSnapshot.from_json(v) for k, v in message["snapshots"].items()
                 }
                 gauges[:] = [(n, labels, v) for n, labels, v in message.get("gauges", [])]
-                await router.observe(snapshots, message["groups"])
+                await router.observe(snapshots, message["groups"], message.get("ready_in"))
             elif kind == "url":
                 for m in router.members:
                     if m.name == message["member"]:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -140,6 +141,7 @@ class RouteGroup:
     overflowed: int = 0  # of those, served by its overflow group
     rule_routed: int = 0  # of those, sent to short_to by the size rule
     latency_s: float = 0.0  # moving average of a request's time, for the predicted wait
+    ready_in_s: float | None = None  # loading or restarting: seconds until it should serve
     balancer: Balancer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -339,13 +341,18 @@ class Router:
         return {"Authorization": f"Bearer {m.api_key}"} if m.api_key else {}
 
     async def observe(
-        self, snapshots: dict[str, WorkerSnapshot], group_states: dict[str, str] | None = None
+        self,
+        snapshots: dict[str, WorkerSnapshot],
+        group_states: dict[str, str] | None = None,
+        ready_in: dict[str, float] | None = None,
     ) -> None:
-        """Take the latest poll of each member (by name): health, slots, decode speed; and
-        each group's state as the supervisor sees it (running, loading, unloaded, failed)."""
+        """Take the latest poll of each member (by name): health, slots, decode speed; each
+        group's state as the supervisor sees it (running, loading, restarting, unloaded,
+        failed) and, for one that is not serving, when it should be ready (seconds)."""
         for name, state in (group_states or {}).items():
             if name in self.groups:
                 self.groups[name].state = state
+                self.groups[name].ready_in_s = (ready_in or {}).get(name)
         for m in self.members:
             snap = snapshots.get(m.name)
             if snap is None:
@@ -658,6 +665,16 @@ class Router:
         elif not group.serving and group.state not in ("loading", "restarting"):
             self.rejected_total += 1
             return self._busy(f"no worker of model {group.name} is healthy now; retry shortly")
+        ready_in = group.ready_in_s
+        if not group.serving and ready_in is not None and ready_in > self.config.queue_timeout_s:
+            # it will not be ready before this request would give up waiting: say so now
+            self.rejected_total += 1
+            return self._busy(
+                f"model {group.name} is {group.state}; it should be ready in about "
+                f"{ready_in:.0f} s, later than requests wait here "
+                f"({self.config.queue_timeout_s:g} s); retry then",
+                retry_after=ready_in,
+            )
         if self.control:
             self.control.group_used(group.name, group.in_flight + 1)
         try:
@@ -736,11 +753,11 @@ class Router:
             return None
         return m.take_slot(key)
 
-    def _busy(self, why: str) -> web.Response:
+    def _busy(self, why: str, retry_after: float = 1.0) -> web.Response:
         return web.json_response(
             {"error": {"message": why, "type": "unavailable", "code": 503}},
             status=503,
-            headers={"Retry-After": "1"},
+            headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
         )
 
     async def _forward(

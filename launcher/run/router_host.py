@@ -111,7 +111,11 @@ class RouterHost:
             self._writer.write(json.dumps(message).encode() + b"\n")
 
     def observe(
-        self, snapshots: dict[str, WorkerSnapshot], groups: dict[str, str], gauges: Gauges
+        self,
+        snapshots: dict[str, WorkerSnapshot],
+        groups: dict[str, str],
+        gauges: Gauges,
+        ready_in: dict[str, float] | None = None,
     ) -> None:
         """Hand the router the latest poll."""
         self._last = {
@@ -119,6 +123,7 @@ class RouterHost:
             "snapshots": {k: v.to_json() for k, v in snapshots.items()},
             "groups": groups,
             "gauges": gauges,
+            "ready_in": ready_in or {},
         }
         self._send(self._last)
 

@@ -178,6 +178,7 @@ class Worker:
         )
         self.poller = WorkerPoller(self.state.url)
         self.restart_times: list[float] = []
+        self.back_at = 0.0  # a restarting worker starts loading again at this time
         self._pump: asyncio.Task[None] | None = None
 
     def set_port(self, port: int) -> None:
@@ -312,6 +313,7 @@ def router_setup(router: RouterSpec) -> tuple[RouterConfig, list[tuple[str | Non
         max_connections=router.max_connections,
         idle_timeout_s=router.idle_timeout_s,
         body_timeout_s=router.body_timeout_s,
+        queue_timeout_s=router.queue_timeout_s,
     )
     return config, remote
 
@@ -328,6 +330,8 @@ class GroupRun:
         self.message = ""
         self.unloading = False  # its workers are being stopped
         self.task: asyncio.Task[None] | None = None  # a load or unload in progress
+        self.load_s: float | None = None  # how long its last load took
+        self.loading_since = time.monotonic()
 
     @property
     def name(self) -> str:
@@ -540,6 +544,7 @@ class Supervisor:
         failed = await self._start_workers(workers, session, started)
         for g in resident:
             g.state = "failed" if any(w in failed for w in g.workers) else "running"
+            g.load_s = time.monotonic() - started
         self._save()
         if failed:
             self.say(
@@ -620,6 +625,7 @@ class Supervisor:
                 if evicted.task is not None and not evicted.task.done():
                     evicted.task.cancel()
                 await self._unload(evicted, f"to make room for {run.name}")
+        run.loading_since = started
         self.say(f"Loading group {run.name} on demand: {len(run.workers)} worker(s).")
         self._publish_groups()
         self._save()
@@ -641,6 +647,7 @@ class Supervisor:
             run.state = "running"
             run.message = ""
             run.last_used = time.monotonic()
+            run.load_s = run.last_used - started
             self.say(f"Group {run.name} loaded in {time.monotonic() - started:.1f} s.")
         self._publish_groups()
         self._save()
@@ -699,9 +706,30 @@ class Supervisor:
         self._observe()
 
     def _observe(self) -> None:
-        """Hand the router the latest poll, the groups' states and the GPU readings."""
+        """Hand the router the latest poll, the groups' states, when a group that is not
+        serving should be ready, and the GPU readings."""
         if self.router is not None:
-            self.router.observe(self.snapshots, self._group_states(), self._gpu_gauges())
+            self.router.observe(
+                self.snapshots, self._group_states(), self._gpu_gauges(), self._ready_in()
+            )
+
+    def _ready_in(self) -> dict[str, float]:
+        """Seconds until each loading or restarting group should serve, where known: the
+        rest of its last load time, after the back-off of a restarting worker."""
+        now = time.monotonic()
+        out = {}
+        for name, state in self._group_states().items():
+            run = self.groups[name]
+            if run.load_s is None:
+                continue
+            if state == "unloaded":  # as long as its last load, once it is asked for
+                out[name] = run.load_s
+            elif state == "loading":
+                out[name] = max(0.0, run.load_s - (now - run.loading_since))
+            elif state == "restarting":
+                waits = [w.back_at - now for w in run.workers if w.state.state == "restarting"]
+                out[name] = max(0.0, min(waits, default=0.0)) + run.load_s
+        return out
 
     def _router_message(self, message: dict[str, Any]) -> None:
         """What the router asks (``RouterControl`` over the channel)."""
@@ -900,6 +928,7 @@ class Supervisor:
                 self._save()
                 return
             delay = min(30.0, 2.0 ** len(w.restart_times))
+            w.back_at = now + delay  # when it starts loading again
             w.restart_times.append(now)
             w.state.state = "restarting"
             w.state.restarts += 1

@@ -218,6 +218,7 @@ class RouterSpec:
     idle_timeout_s: float = 15.0  # a connection without a complete request is closed
     drain_s: float = 10.0  # on stop, how long requests in flight may take to finish
     body_timeout_s: float = 30.0  # a request body not all in by then gets 408
+    queue_timeout_s: float = 30.0  # how long a request waits for a free slot
 
 
 @dataclass(frozen=True)
