@@ -56,6 +56,8 @@ class RouterHost:
         self._reader: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._last: Message | None = None  # the latest observe, for a restarted router
+        self._failures = 0  # restarts in a row that did not come up
+        self._retry_at = 0.0  # no restart before this (after a failed one)
 
     @property
     def pid(self) -> int | None:
@@ -136,15 +138,31 @@ class RouterHost:
         self._send({"type": "url", "member": member, "url": url})
 
     async def watch(self) -> None:
-        """Start the router again if it died (within a second); say so."""
+        """Start the router again if it died (within a second); say so. A restart that fails
+        is said and tried again later (1, 2, 4 ... 30 s): it never stops the fleet."""
         proc = self.proc
         if self.stopping or proc is None or proc.returncode is None:
+            return
+        if time.monotonic() < self._retry_at:
             return
         code = proc.returncode
         started = time.monotonic()
         await asyncio.sleep(RESTART_DELAY_S)
         self.restarts += 1
-        await self.start()
+        try:
+            await self.start()
+        except (LauncherError, OSError) as err:
+            hung = self.proc
+            if hung is not None and hung.returncode is None:  # so that the next tick retries
+                with contextlib.suppress(ProcessLookupError):
+                    hung.kill()
+                await hung.wait()
+            self._failures += 1
+            delay = min(30.0, 2.0 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + delay
+            self.say(f"The router could not be started again ({err}); next try in {delay:.0f} s.")
+            return
+        self._failures = 0
         self.say(
             f"The router exited with code {code}; started again in "
             f"{time.monotonic() - started:.2f} s (restart {self.restarts}); the workers kept "
