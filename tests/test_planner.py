@@ -313,7 +313,13 @@ def test_plan_json_on_a_box_without_gpus(
     assert set(data) >= {"model", "workload", "host", "layouts"}
     (only,) = data["layouts"]
     assert only["kind"] == "cpu:1" and only["rank"] == 1 and only["cards"] == []
-    assert set(only["predicted"]) == {"single_user_tok_s", "aggregate_tok_s", "prompt_tok_s"}
+    assert set(only["predicted"]) == {
+        "single_user_tok_s",
+        "aggregate_tok_s",
+        "prompt_tok_s",
+        "basis",
+    }
+    assert only["predicted"]["basis"]["kind"] == "cpu"
     assert only["processes"][0]["argv"][0] == str(llama_server.resolve())
 
 

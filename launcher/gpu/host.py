@@ -20,6 +20,8 @@ class HostInfo:
     cpu_cores: int  # logical CPUs
     numa_nodes: int | None = None
     address: str | None = None  # "192.168.1.20:8080" for a box on the LAN
+    cpu_flags: tuple[str, ...] = ()  # instruction-set flags (/proc/cpuinfo), for CPU repacking
+    cpu_model: str | None = None
 
 
 def this_host() -> HostInfo:
@@ -31,7 +33,30 @@ def this_host() -> HostInfo:
         ram_available_bytes=int(mem.available),
         cpu_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         numa_nodes=_numa_nodes(),
+        cpu_flags=_cpu_flags(),
+        cpu_model=_cpu_model(),
     )
+
+
+def _cpuinfo_field(*keys: str) -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    """x86 "flags" or ARM "Features" of the first CPU."""
+    return tuple(sorted(set((_cpuinfo_field("flags", "Features") or "").split())))
+
+
+def _cpu_model() -> str | None:
+    return _cpuinfo_field("model name", "Model", "CPU part")
 
 
 def _numa_nodes() -> int | None:

@@ -102,6 +102,11 @@ class ModelSpec:
     n_expert_used: int = 0
     expert_bytes: tuple[int, ...] = ()  # per layer, the *_exps tensors
     kv_approximate: bool = False
+    # weights that feed a matrix multiply (blk.* 2D and expert 3D tensors, output.weight), by
+    # type: (type name, bytes whose rows come in multiples of 8, of 4); llama.cpp's CPU backend
+    # repacks some types of these into a private copy (plan/memory.py cpu_repack_bytes)
+    matmul_bytes: tuple[tuple[str, int, int], ...] = ()
+    n_ff: int = 0  # feed-forward width (of one expert for a mixture of experts)
     file_bytes: int = 0
     header_bytes_read: int = 0
     notes: tuple[str, ...] = field(default=())
@@ -212,6 +217,14 @@ def read_model_spec(path: Path) -> ModelSpec:
             other += t.nbytes
     embd = by_name["token_embd.weight"]
     tied = "output.weight" not in by_name
+    matmul: dict[str, list[int]] = {}
+    for t in tensors:
+        is_block = _BLOCK.match(t.name) is not None and len(t.shape) in (2, 3)
+        if (is_block and t.name.endswith(".weight")) or t.name == "output.weight":
+            rows = t.shape[1] if len(t.shape) > 1 else 0
+            entry = matmul.setdefault(gf.GGML_TYPES[t.type_id][0], [0, 0])
+            entry[0] += t.nbytes if rows % 8 == 0 else 0
+            entry[1] += t.nbytes if rows % 4 == 0 else 0
     output_bytes = embd.nbytes if tied else by_name["output.weight"].nbytes
     n_vocab = embd.shape[1] if len(embd.shape) > 1 else _int(meta, f"{a}.vocab_size", 0)
     n_head = _int(meta, f"{a}.attention.head_count", 0)
@@ -297,6 +310,9 @@ def read_model_spec(path: Path) -> ModelSpec:
         n_expert_used=_int(meta, f"{a}.expert_used_count", 0),
         expert_bytes=tuple(expert_bytes),
         kv_approximate=approximate,
+        matmul_bytes=tuple((name, b8, b4) for name, (b8, b4) in sorted(matmul.items())),
+        n_ff=_int(meta, f"{a}.expert_feed_forward_length", 0)
+        or _int(meta, f"{a}.feed_forward_length", 0),
         file_bytes=sum(h.file_size for h in headers),
         header_bytes_read=sum(h.bytes_read for h in headers),
         notes=tuple(notes),

@@ -19,8 +19,9 @@ from launcher.gpu.inventory import Host
 from launcher.llamacpp.args import ServerArgs
 from launcher.llamacpp.probe import ServerTarget, default_flags
 from launcher.model.spec import ModelSpec, name_from_model
+from launcher.plan import fits, perf
 from launcher.plan import memory as mem
-from launcher.plan import perf
+from launcher.plan.fits import Basis, Calibration, GpuConstants
 from launcher.plan.memory import CardMemory
 from launcher.plan.perf import Stage, Throughput
 from launcher.plan.workload import Workload
@@ -72,6 +73,7 @@ class Layout:
     problem: str | None = None
     tensor_split: tuple[int, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    basis: Basis | None = None  # where the speed figures' constants come from
 
     @property
     def feasible(self) -> bool:
@@ -89,7 +91,10 @@ class Layout:
             "processes": [p.to_json() for p in self.processes],
             "cards": [c.to_json() for c in self.cards],
             "host_bytes": self.host_bytes,
-            "predicted": self.throughput.to_json(),
+            "predicted": {
+                **self.throughput.to_json(),
+                "basis": self.basis.to_json() if self.basis else None,
+            },
         }
 
 
@@ -104,6 +109,12 @@ class _Ctx:
     mmproj_bytes: int
     model_arg: str
     mmproj_arg: str | None
+    calibration: Calibration | None = None
+
+    def constants(self, cards: Sequence[GpuCard]) -> tuple[GpuConstants, Basis]:
+        """Speed constants of a worker on ``cards`` (those of its slowest card)."""
+        slowest = min(cards, key=lambda c: c.memory_bandwidth_bytes_s or 0.0)
+        return fits.constants_for(slowest, self.calibration)
 
 
 def select_cards(host: Host, workload: Workload) -> tuple[GpuCard, ...]:
@@ -152,6 +163,7 @@ def _args(ctx: _Ctx, port: int, slots: int, **placement: object) -> ServerArgs:
         defaults=default_flags(ctx.server),
         mmproj=ctx.mmproj_arg,
         alias=name_from_model(ctx.spec.path),
+        flash_attn=w.flash_attn,
         **placement,  # type: ignore[arg-type]
     )
 
@@ -168,25 +180,43 @@ def _gpu(ctx: _Ctx, mode: str, ngl: int, split: Sequence[int] = ()) -> dict[str,
 def _stages(ctx: _Ctx, cards: Sequence[GpuCard], memory: Sequence[CardMemory]) -> list[Stage]:
     spec = ctx.spec
     gpu_weights = sum(m.weights_bytes for m in memory) or 1
-    active_fraction = spec.active_bytes_per_token() / max(
-        spec.weights_bytes - spec.token_embd_bytes, 1
-    )
+    matmul_params = _matmul_params(spec)
     nvlinked = {c.index for c in cards if c.nvlink_active_links}
     nvlinked |= {i for p in ctx.host.links if p.nvlink_links for i in (p.a, p.b)}
     stages = []
     for card, m in zip(cards, memory, strict=True):
         share = m.weights_bytes / gpu_weights
+        experts = _experts_on_card(spec, m)
         stages.append(
             Stage(
                 bandwidth_bytes_s=card.memory_bandwidth_bytes_s or 300e9,
-                weight_bytes=int(m.weights_bytes * min(active_fraction, 1.0)),
-                active_params=spec.parameters * share * min(active_fraction, 1.0),
+                weight_bytes=max(m.weights_bytes - experts, 0),
+                active_params=matmul_params * share,
                 layers=len([il for il in m.layers if il < spec.n_layer]),
                 link_bytes_s=card.pcie.max_bytes_s,
                 nvlink=card.index in nvlinked,
+                flops=fits.card_flops(card),
+                expert_bytes=experts,
+                n_expert=spec.n_expert,
+                n_expert_used=spec.n_expert_used,
             )
         )
     return stages
+
+
+def _experts_on_card(spec: ModelSpec, m: CardMemory) -> int:
+    """Expert weight bytes on a card: those of its layers, in the card's share of them (a
+    tensor split holds a share of every layer)."""
+    if not spec.expert_bytes:
+        return 0
+    layers = [il for il in m.layers if il < spec.n_layer]
+    full = sum(mem.layer_weight_bytes(spec, il) for il in m.layers) or 1
+    return int(sum(spec.expert_bytes[il] for il in layers) * min(m.weights_bytes / full, 1.0))
+
+
+def _matmul_params(spec: ModelSpec) -> float:
+    """Parameters multiplied per token: all but the embedding rows and the unused experts."""
+    return spec.parameters * spec.active_bytes_per_token() / max(spec.weights_bytes, 1)
 
 
 def _kv_read(ctx: _Ctx) -> float:
@@ -195,12 +225,12 @@ def _kv_read(ctx: _Ctx) -> float:
     return mem.kv_bytes_per_token(ctx.spec, ctx.workload.kv_type) * used
 
 
-def _layer_step(ctx: _Ctx, stages: list[Stage]) -> Callable[[int], float]:
+def _layer_step(ctx: _Ctx, stages: list[Stage], constants: GpuConstants) -> Callable[[int], float]:
     """Step time of a layer-split worker as a function of its batch."""
     kv_read = _kv_read(ctx)
 
     def step(batch: int) -> float:
-        return perf.layer_split_step(stages, batch, ctx.spec.n_embd, kv_read)
+        return perf.layer_split_step(stages, batch, ctx.spec.n_embd, constants, kv_read)
 
     return step
 
@@ -248,6 +278,7 @@ def per_card(ctx: _Ctx) -> Layout:
             w.kv_type,
             w.n_ubatch,
             extra_first_card=ctx.mmproj_bytes,
+            flash_attn=w.flash_attn,
         )
         if m.free_after_bytes >= MIN_HEADROOM_BYTES:
             fitting.append((card, m))
@@ -263,6 +294,7 @@ def per_card(ctx: _Ctx) -> Layout:
             slots_guess,
             w.kv_type,
             w.n_ubatch,
+            flash_attn=w.flash_attn,
         )
         return Layout(
             "per-card",
@@ -276,6 +308,7 @@ def per_card(ctx: _Ctx) -> Layout:
     processes = []
     memories = []
     steps = []
+    bases = []
     for i, ((card, _), slots) in enumerate(zip(fitting, users, strict=True)):
         slots = max(slots, 1)
         (m,), host = mem.layer_split_memory(
@@ -287,12 +320,15 @@ def per_card(ctx: _Ctx) -> Layout:
             w.kv_type,
             w.n_ubatch,
             extra_first_card=ctx.mmproj_bytes,
+            flash_attn=w.flash_attn,
         )
         memories.append(m)
         port = ctx.router_port + 1 + i
         args = _args(ctx, port, slots, **_gpu(ctx, "none", 999))
         processes.append(Process(args, _env([card]), (card.index,)))
-        steps.append(_layer_step(ctx, _stages(ctx, [card], [m])))
+        constants, basis = ctx.constants([card])
+        bases.append(basis)
+        steps.append(_layer_step(ctx, _stages(ctx, [card], [m]), constants))
     single = 1.0 / steps[0](1)
     aggregate = sum(u / step(u) for u, step in zip(users, steps, strict=True) if u > 0)
     stage0 = _stages(ctx, [fitting[0][0]], [memories[0]])
@@ -307,6 +343,7 @@ def per_card(ctx: _Ctx) -> Layout:
         Throughput(single, aggregate, pp),
         problem=f"with {users[0]} users per card, {problem}" if problem else None,
         notes=tuple(skipped),
+        basis=max(bases, key=lambda b: b.error_pct),
     )
 
 
@@ -322,7 +359,9 @@ def pooled_layer(
     cards = tuple(cards if cards is not None else ctx.cards)
     slots = max(users if users is not None else w.users, 1)
     free = [_free(c) for c in cards]
-    split = mem.balanced_shares(ctx.spec, free, w.ctx, slots, w.kv_type, w.n_ubatch)
+    split = mem.balanced_shares(
+        ctx.spec, free, w.ctx, slots, w.kv_type, w.n_ubatch, flash_attn=w.flash_attn
+    )
     memory, host = mem.layer_split_memory(
         ctx.spec,
         [(c.index, c.uuid, f) for c, f in zip(cards, free, strict=True)],
@@ -332,13 +371,13 @@ def pooled_layer(
         w.kv_type,
         w.n_ubatch,
         extra_first_card=ctx.mmproj_bytes,
+        flash_attn=w.flash_attn,
     )
     port = ctx.router_port + 1 + port_offset
     args = _args(ctx, port, slots, **_gpu(ctx, "layer", 999, split))
     stages = _stages(ctx, cards, memory)
-    single, aggregate = _rates(
-        lambda b: perf.layer_split_step(stages, b, ctx.spec.n_embd, _kv_read(ctx)), [slots]
-    )
+    constants, basis = ctx.constants(cards)
+    single, aggregate = _rates(_layer_step(ctx, stages, constants), [slots])
     pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, ctx.spec.n_layer, False, w.n_ubatch)
     return Layout(
         kind,
@@ -348,6 +387,7 @@ def pooled_layer(
         Throughput(single, aggregate, pp),
         problem=_fit_problem(memory),
         tensor_split=tuple(split),
+        basis=basis,
     )
 
 
@@ -368,13 +408,16 @@ def pooled_tensor(ctx: _Ctx) -> Layout:
         w.users,
         w.kv_type,
         w.n_ubatch,
+        flash_attn=w.flash_attn,
     )
     port = ctx.router_port + 1
     args = _args(ctx, port, w.users, **_gpu(ctx, "tensor", 999, split))
     stages = _stages(ctx, cards, memory)
     n_layer = ctx.spec.n_layer
+    constants, basis = ctx.constants(cards)
+    kv_read = _kv_read(ctx)
     single, aggregate = _rates(
-        lambda b: perf.tensor_split_step(stages, b, ctx.spec.n_embd, n_layer, _kv_read(ctx)),
+        lambda b: perf.tensor_split_step(stages, b, ctx.spec.n_embd, n_layer, constants, kv_read),
         [w.users],
     )
     pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, n_layer, True, w.n_ubatch)
@@ -386,6 +429,7 @@ def pooled_tensor(ctx: _Ctx) -> Layout:
         Throughput(single, aggregate, pp),
         problem=_fit_problem(memory),
         tensor_split=tuple(split),
+        basis=basis,
     )
 
 
@@ -407,6 +451,7 @@ def groups(ctx: _Ctx, k: int) -> Layout:
         Throughput(single, aggregate, parts[0].throughput.prompt_tok_s),
         problem=problem,
         tensor_split=parts[0].tensor_split,
+        basis=parts[0].basis,
     )
 
 
@@ -427,6 +472,7 @@ def partial_offload(ctx: _Ctx) -> Layout:
             w.kv_type,
             w.n_ubatch,
             n_gpu_layers=ngl,
+            flash_attn=w.flash_attn,
         )
         if _fit_problem(memory) is None:
             port = ctx.router_port + 1
@@ -437,9 +483,16 @@ def partial_offload(ctx: _Ctx) -> Layout:
             # the host part streams from RAM at roughly 40 GB/s on a desktop
             host_step = cpu_bytes / 40e9
             stages = _stages(ctx, cards, memory)
+            constants, basis = ctx.constants(cards)
 
-            def step(b: int, stages: list[Stage] = stages, hs: float = host_step) -> float:
-                return perf.layer_split_step(stages, b, ctx.spec.n_embd) + hs * (1 + 0.1 * b)
+            def step(
+                b: int,
+                stages: list[Stage] = stages,
+                hs: float = host_step,
+                c: GpuConstants = constants,
+            ) -> float:
+                gpu_part = perf.layer_split_step(stages, b, ctx.spec.n_embd, c)
+                return gpu_part + hs * (1 + 0.1 * b)
 
             single, aggregate = _rates(step, [w.users])
             best = Layout(
@@ -453,6 +506,7 @@ def partial_offload(ctx: _Ctx) -> Layout:
                     f"{ngl} of {ctx.spec.n_layer + 1} layers on the cards "
                     f"({on_gpu / 2**30:.1f} GiB), the rest in host RAM",
                 ),
+                basis=basis,
             )
             break
     if best is None:
@@ -475,44 +529,67 @@ def partial_offload(ctx: _Ctx) -> Layout:
             f"{ctx.host.info.ram_available_bytes / 2**30:.1f} GiB is available",
             tensor_split=best.tensor_split,
             notes=best.notes,
+            basis=best.basis,
         )
     return best
 
 
 def cpu_workers(ctx: _Ctx, n: int) -> Layout:
-    """``n`` llama-servers on the CPU, sharing the host's cores."""
+    """``n`` llama-servers on the CPU, sharing the host's cores and memory bandwidth."""
     w = ctx.workload
     users = _split_users(w.users, n)
     threads = max(1, ctx.host.info.cpu_cores // n)
     processes = []
-    shared, private = mem.cpu_worker_bytes(ctx.spec, w.ctx, max(users[0], 1), w.kv_type, w.n_ubatch)
+    memory = mem.cpu_worker_bytes(
+        ctx.spec,
+        w.ctx,
+        max(users[0], 1),
+        w.kv_type,
+        w.n_ubatch,
+        ctx.host.info.cpu_flags,
+        w.flash_attn,
+    )
     for i in range(n):
         slots = max(users[i], 1)
         port = ctx.router_port + 1 + i
         args = _args(ctx, port, slots, gpu_layers=0, threads=threads)
         processes.append(Process(args, {"CUDA_VISIBLE_DEVICES": ""}, ()))
-    host = shared + n * private
-    # a CPU streams weights from RAM: ~20 GB/s per worker's share of the cores, roughly
-    bw = 20e9 * threads / max(ctx.host.info.cpu_cores, 1) * min(ctx.host.info.cpu_cores, 8) / 2
-    stage = [
-        Stage(
-            bw,
-            ctx.spec.active_bytes_per_token(),
-            float(ctx.spec.parameters),
-            ctx.spec.n_layer,
-            None,
-        )
-    ]
+    host = memory.shared_bytes + n * memory.private_bytes
+    constants, basis = fits.cpu_constants_for(threads, ctx.calibration)
+    # the workers share the host's memory bandwidth
+    constants = dataclasses.replace(constants, host_bw=constants.host_bw / n)
+    spec = ctx.spec
+    stage = Stage(
+        bandwidth_bytes_s=constants.host_bw,
+        weight_bytes=spec.active_bytes_per_token() - _experts_read(spec, 1),
+        active_params=_matmul_params(spec),
+        layers=spec.n_layer,
+        link_bytes_s=None,
+        expert_bytes=sum(spec.expert_bytes),
+        n_expert=spec.n_expert,
+        n_expert_used=spec.n_expert_used,
+    )
+    kv_read = _kv_read(ctx)
 
     def step(b: int) -> float:
-        return perf.layer_split_step(stage, b, ctx.spec.n_embd)
+        return perf.cpu_step(stage, b, threads, constants, kv_read)
 
     single = 1.0 / step(1)
     aggregate = sum(u / step(u) for u in users if u > 0)
     problem = None
     avail = ctx.host.info.ram_available_bytes
     if avail and host > avail:
-        problem = f"needs {host / 2**30:.1f} GiB of RAM, {avail / 2**30:.1f} GiB is available"
+        problem = (
+            f"needs {host / 2**30:.1f} GiB of RAM ({n} x {memory.private_bytes / 2**30:.1f} GiB "
+            f"per worker + {memory.shared_bytes / 2**30:.1f} GiB of shared weights), "
+            f"{avail / 2**30:.1f} GiB is available"
+        )
+    notes = [f"{threads} threads per worker"]
+    if memory.repacked_bytes:
+        notes.append(
+            f"each worker keeps its own repacked copy of "
+            f"{memory.repacked_bytes / 2**30:.2f} GiB of the weights (llama.cpp's CPU repacking)"
+        )
     return Layout(
         f"cpu:{n}",
         tuple(processes),
@@ -520,8 +597,16 @@ def cpu_workers(ctx: _Ctx, n: int) -> Layout:
         host,
         Throughput(single, aggregate, 0.0),
         problem=problem,
-        notes=(f"{threads} threads per worker",),
+        notes=tuple(notes),
+        basis=basis,
     )
+
+
+def _experts_read(spec: ModelSpec, batch: int) -> int:
+    """Expert bytes counted in ``active_bytes_per_token`` (one token's experts)."""
+    if not spec.n_expert or not spec.expert_bytes:
+        return 0
+    return int(sum(spec.expert_bytes) * spec.n_expert_used / spec.n_expert)
 
 
 def build_layouts(
@@ -622,6 +707,7 @@ def with_tensor_split(
         process.slots,
         workload.kv_type,
         workload.n_ubatch,
+        flash_attn=workload.flash_attn,
     )
     args = process.args.replace(tensor_split=tuple(split))
     return dataclasses.replace(

@@ -10,6 +10,13 @@
 - Per card: a CUDA context and library workspace, and a compute buffer that grows with the
   embedding width. Both constants were fitted to nvidia-smi after loading seven synthetic
   models on an H100 (docs/planner.md): within 45 MiB of every one.
+- On the CPU the compute buffer grows with the feed-forward and embedding widths (fitted on
+  llama.cpp's own "CPU compute buffer size" for three llama shapes: ``CPU_COMPUTE_*``), and
+  llama.cpp keeps a private repacked copy of the weights of some types (``REPACKED_TYPES``,
+  by the CPU's instruction set) beside the mapped file: each CPU worker holds its own.
+- Without flash attention the compute buffer holds the attention scores of a micro-batch
+  against the whole cache: ``n_head x cells per stream x n_ubatch`` floats, plus half the
+  buffer it has with flash attention (fitted on five shapes on the CPU, within 10 MiB).
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ MIB = 1 << 20
 CUDA_CONTEXT_BYTES = 520 * MIB  # CUDA context, cuBLAS workspace, driver allocations per card
 COMPUTE_BASE_BYTES = 100 * MIB
 COMPUTE_PER_EMBD_UBATCH = 12.8 * 4  # bytes of compute buffer per n_embd x n_ubatch element
+# CPU compute buffer (flash attention on): bytes per n_ubatch x n_ff and n_ubatch x n_embd
+# float, and a base; fitted on llama tiny, 1b and 8b (docs/validation/2026-11-30-cpu-holdout.md)
+CPU_COMPUTE_PER_FF = 3.222 * 4
+CPU_COMPUTE_PER_EMBD = 3.333 * 4
+CPU_COMPUTE_BASE = int(3.11 * MIB)
+FA_OFF_BASE = 5 * MIB  # without flash attention: scores + half the buffer + this
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 CELL_PAD = 256
 # -sm tensor holds more per card than its share of weights, KV and compute: fitted on 4x H100
@@ -91,10 +104,53 @@ def kv_bytes_per_token(spec: ModelSpec, kv_type: str) -> float:
     return total
 
 
-def compute_buffer_bytes(spec: ModelSpec, n_ubatch: int = 512, gpu: bool = True) -> int:
+def compute_buffer_bytes(
+    spec: ModelSpec,
+    n_ubatch: int = 512,
+    gpu: bool = True,
+    flash_attn: bool = True,
+    ctx_per_slot: int = 4096,
+) -> int:
     """Compute buffer of one device, plus the CUDA context when ``gpu``."""
-    buffer = COMPUTE_BASE_BYTES + int(COMPUTE_PER_EMBD_UBATCH * spec.n_embd * n_ubatch)
+    if gpu:
+        buffer = COMPUTE_BASE_BYTES + int(COMPUTE_PER_EMBD_UBATCH * spec.n_embd * n_ubatch)
+    else:
+        ff = spec.n_ff or 4 * spec.n_embd
+        buffer = CPU_COMPUTE_BASE + int(
+            n_ubatch * (CPU_COMPUTE_PER_FF * ff + CPU_COMPUTE_PER_EMBD * spec.n_embd)
+        )
+    if not flash_attn:
+        scores = spec.n_head * _pad(ctx_per_slot) * n_ubatch * 4
+        buffer = scores + buffer // 2 + FA_OFF_BASE
     return buffer + (CUDA_CONTEXT_BYTES if gpu else 0)
+
+
+# Weight types llama.cpp's CPU backend repacks (ggml-cpu/repack.cpp, the pinned llama.cpp):
+# on x86 with AVX2 (Q2_K with AVX-512), rows in multiples of 8; on ARM with the dot-product
+# instructions, rows in multiples of 4 (Q4_K, Q5_K, Q6_K: of 8).
+_X86_REPACK = {"Q4_0": "avx2", "Q4_K": "avx2", "IQ4_NL": "avx2", "MXFP4": "avx2", "Q2_K": "avx512f"}
+_ARM_REPACK_4 = {"Q4_0", "IQ4_NL", "MXFP4", "Q8_0"}
+_ARM_REPACK_8 = {"Q4_K", "Q5_K", "Q6_K"}
+
+
+def repacked_types(cpu_flags: Sequence[str]) -> set[str]:
+    """The weight types this CPU's llama.cpp keeps a repacked copy of."""
+    flags = set(cpu_flags)
+    if "asimddp" in flags:
+        return _ARM_REPACK_4 | _ARM_REPACK_8
+    return {t for t, needs in _X86_REPACK.items() if needs in flags}
+
+
+def cpu_repack_bytes(spec: ModelSpec, cpu_flags: Sequence[str]) -> int:
+    """Bytes of the private repacked copy a CPU worker makes of ``spec``'s weights."""
+    flags = set(cpu_flags)
+    types = repacked_types(cpu_flags)
+    arm = "asimddp" in flags
+    total = 0
+    for name, rows8, rows4 in spec.matmul_bytes:
+        if name in types:
+            total += rows4 if arm and name in _ARM_REPACK_4 else rows8
+    return total
 
 
 def layer_weight_bytes(spec: ModelSpec, layer: int) -> int:
@@ -133,6 +189,7 @@ def layer_split_memory(
     n_ubatch: int = 512,
     n_gpu_layers: int | None = None,
     extra_first_card: int = 0,
+    flash_attn: bool = True,
 ) -> tuple[list[CardMemory], int]:
     """Per-card memory of a ``-sm layer`` (or single-card) worker, and its host bytes.
 
@@ -152,7 +209,13 @@ def layer_split_memory(
             weights += extra_first_card
         out.append(
             CardMemory(
-                index, uuid, tuple(layers), weights, kv, compute_buffer_bytes(spec, n_ubatch), free
+                index,
+                uuid,
+                tuple(layers),
+                weights,
+                kv,
+                compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx),
+                free,
             )
         )
     on_gpu = {il for layers in placed for il in layers}
@@ -163,7 +226,7 @@ def layer_split_memory(
             if il < spec.n_layer:
                 host += kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch)
     if len(on_gpu) < spec.n_layer + 1:
-        host += compute_buffer_bytes(spec, n_ubatch, gpu=False)
+        host += compute_buffer_bytes(spec, n_ubatch, False, flash_attn, ctx)
     return out, host
 
 
@@ -175,6 +238,7 @@ def tensor_split_memory(
     slots: int,
     kv_type: str,
     n_ubatch: int = 512,
+    flash_attn: bool = True,
 ) -> tuple[list[CardMemory], int]:
     """Per-card memory of a ``-sm tensor`` worker: weights and KV split by ``shares``."""
     total = sum(shares)
@@ -187,7 +251,7 @@ def tensor_split_memory(
             tuple(range(spec.n_layer + 1)),
             int(weights * s / total),
             int(kv * s / total),
-            compute_buffer_bytes(spec, n_ubatch) + TENSOR_SPLIT_EXTRA_BYTES,
+            compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx) + TENSOR_SPLIT_EXTRA_BYTES,
             free,
         )
         for (index, uuid, free), s in zip(cards, shares, strict=True)
@@ -195,17 +259,50 @@ def tensor_split_memory(
     return out, spec.token_embd_bytes
 
 
+@dataclass(frozen=True)
+class CpuWorkerMemory:
+    """Host bytes of a CPU worker: the mapped file is shared by all workers of the same file
+    (page cache); the repacked weights, KV, compute and output buffers are each worker's own."""
+
+    shared_bytes: int
+    repacked_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    output_bytes: int
+
+    @property
+    def private_bytes(self) -> int:
+        return self.repacked_bytes + self.kv_bytes + self.compute_bytes + self.output_bytes
+
+
 def cpu_worker_bytes(
-    spec: ModelSpec, ctx: int, slots: int, kv_type: str, n_ubatch: int = 512
-) -> tuple[int, int]:
-    """(shared, private) host bytes of a CPU worker: the mapped weights are shared by all
-    workers of the same file through the page cache; KV and compute are each worker's own."""
+    spec: ModelSpec,
+    ctx: int,
+    slots: int,
+    kv_type: str,
+    n_ubatch: int = 512,
+    cpu_flags: Sequence[str] = (),
+    flash_attn: bool = True,
+) -> CpuWorkerMemory:
+    """What one CPU worker serving ``slots`` streams of ``ctx`` tokens holds in RAM."""
     kv = sum(kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) for il in range(spec.n_layer))
-    return spec.weights_bytes, kv + compute_buffer_bytes(spec, n_ubatch, gpu=False)
+    return CpuWorkerMemory(
+        shared_bytes=spec.weights_bytes,
+        repacked_bytes=cpu_repack_bytes(spec, cpu_flags),
+        kv_bytes=kv,
+        compute_bytes=compute_buffer_bytes(spec, n_ubatch, False, flash_attn, ctx),
+        output_bytes=slots * spec.n_vocab * 4,  # one row of logits per stream
+    )
 
 
 def balanced_shares(
-    spec: ModelSpec, free: Sequence[int], ctx: int, slots: int, kv_type: str, n_ubatch: int = 512
+    spec: ModelSpec,
+    free: Sequence[int],
+    ctx: int,
+    slots: int,
+    kv_type: str,
+    n_ubatch: int = 512,
+    flash_attn: bool = True,
 ) -> list[int]:
     """Layer counts per card (a ``-ts``) that leave every card about the same free memory.
 
@@ -221,7 +318,7 @@ def balanced_shares(
         + (kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) if il < spec.n_layer else 0)
         for il in range(total_layers)
     ]
-    fixed = compute_buffer_bytes(spec, n_ubatch)
+    fixed = compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx)
     budget = [f - fixed for f in free]
     # target: equal headroom h with sum(used) = sum(per_layer) -> h = (sum(budget)-need)/n
     need = sum(per_layer)

@@ -1,20 +1,24 @@
 """Predicted tokens/s: decode is bound by memory bandwidth, batches add compute.
 
-One decode step of a worker serving B users:
+One decode step of a worker serving B users, summed over the cards of a layer split:
 
-    step(B) = sum over stages of [bytes_read / (bandwidth x EFFICIENCY) + layers x LAYER_S
-              + B x 2 x active_params_on_card / (FLOP_PER_BYTE x bandwidth)]
-              + (stages - 1) x (BOUNDARY_S + activations / link)         (layer split)
+    step(B) = step_s + layers x layer_s                        host: scheduling, kernel launches
+              + (weights read at B + B x KV read) / (bandwidth x efficiency)
+              + B x 2 x params per token / (FLOPs x compute_eff)
+              + (stages - 1) x (BOUNDARY_S + activations / link)            (layer split)
 
-A tensor split runs its cards in parallel (the slowest sets the step) and pays two
-all-reduces per layer over its slowest link. Tokens/s = B / step(B). Prompt processing is
-compute bound, plus activation transfers over PCIe (which is where x1 risers hurt).
+Weights read at B: all dense weights, and of a mixture of experts the experts that B tokens
+touch: each token picks ``k`` of ``n`` experts per layer, so B tokens touch
+``1 - (1 - k/n)^B`` of them (one token reads k/n; 16 tokens of a 8-of-128 model read 64%).
+KV read: each user's cache up to its current context. A tensor split runs its cards in
+parallel (the slowest sets the step) and pays two all-reduces per layer over its slowest link.
+Tokens/s = B / step(B). Prompt processing is compute bound, plus activation transfers over
+PCIe (which is where x1 risers hurt).
 
-EFFICIENCY, LAYER_S and FLOP_PER_BYTE are fitted exactly on three points of the measured
-baseline in DESIGN.md (4x H100 SXM, synthetic Llama-3): 8B one card 249 tok/s single and 988
-at 16 users, 70B one card 38.2 single. The tensor-split constants were refitted on this repo's
-4x H100 validation run (docs/validation/2026-11-27-h100x4-planner.md). docs/planner.md shows
-every baseline row beside its prediction. Other cards scale with their memory bandwidth.
+The constants (``GpuConstants``, ``CpuConstants``) are data: ``plan/fits.py`` reads the boxes
+they were fitted on from ``fits.toml``, or takes what ``plan --measure`` measured here.
+A card's FLOPs are its catalog figure; a card the catalog lacks gets ``FLOPS_PER_BYTE_S`` times
+its bandwidth (the H100's ratio).
 """
 
 from __future__ import annotations
@@ -22,29 +26,51 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-EFFICIENCY = 0.820  # share of theoretical bandwidth that weight streaming reaches
-LAYER_S = 47.6e-6  # fixed cost per layer per step (kernel launches, synchronisation)
-FLOP_PER_BYTE = 5.9  # decode FLOP/s per byte/s of memory bandwidth (quantized matmul)
-PP_FLOP_PER_BYTE = 48.0  # prompt processing FLOP/s per byte/s of memory bandwidth
+from launcher.plan.fits import CpuConstants, GpuConstants, Point
+
+# prompt processing reaches this share of the peak FLOPs (48 FLOP per byte/s of an H100)
+PP_COMPUTE_EFF = 48.0 / (989e12 / 3.35e12)
 BOUNDARY_S = 100e-6  # hand-off between two stages of a layer split, per step
-# -sm tensor, refitted on 4x H100 runs of this repo (docs/validation/2026-11-27-h100x4-planner.md):
-TENSOR_STEP_S = 2.0e-3  # fixed cost per decode step of a tensor split
-TENSOR_LAYER_S = 39.5e-6  # per layer over NVLink, the two all-reduces included
-TENSOR_COMPUTE_EFF = 0.4  # how well a tensor split divides the per-user compute between cards
 PCIE_ALLREDUCE_S = 150e-6  # one all-reduce through PCIe and host memory (assumed, not measured)
 ACT_BYTES = 4  # f32 activations
+FLOPS_PER_BYTE_S = 989e12 / 3.35e12  # H100 SXM: dense FP16 FLOP/s per byte/s of bandwidth
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One card's share of a worker."""
+    """One card's (or one CPU worker's) share of a worker."""
 
     bandwidth_bytes_s: float
-    weight_bytes: int  # weights read per token on this card
+    weight_bytes: int  # dense weights read every step on this card
     active_params: float  # parameters multiplied per token on this card
     layers: int
     link_bytes_s: float | None  # PCIe link to the next stage / the host (None: unknown)
     nvlink: bool = False
+    flops: float | None = None  # peak FP16 FLOP/s (None: from the bandwidth)
+    expert_bytes: int = 0  # all expert weights on this card (mixture of experts)
+    n_expert: int = 0
+    n_expert_used: int = 0
+
+    @property
+    def peak_flops(self) -> float:
+        return self.flops or self.bandwidth_bytes_s * FLOPS_PER_BYTE_S
+
+    def weights_read(self, batch: int) -> float:
+        """Weight bytes one step of ``batch`` tokens reads here."""
+        if not self.n_expert or not self.expert_bytes:
+            return float(self.weight_bytes)
+        return self.weight_bytes + self.expert_bytes * experts_touched(
+            batch, self.n_expert, self.n_expert_used
+        )
+
+
+def experts_touched(batch: int, n_expert: int, n_used: int) -> float:
+    """Share of the experts that ``batch`` tokens touch, each choosing ``n_used`` of
+    ``n_expert`` (independently and uniformly: real routers are less even, which only lowers
+    it)."""
+    if n_expert <= 0:
+        return 1.0
+    return 1.0 - (1.0 - min(n_used, n_expert) / n_expert) ** max(batch, 1)
 
 
 @dataclass(frozen=True)
@@ -67,52 +93,72 @@ def _link(stage: Stage) -> float:
     return stage.link_bytes_s or 16e9
 
 
+def _card_time(s: Stage, c: GpuConstants, batch: int, kv_read: float, share: float) -> float:
+    read = s.weights_read(batch) + batch * kv_read * share
+    compute = batch * 2 * s.active_params / (s.peak_flops * c.compute_eff)
+    return read / (s.bandwidth_bytes_s * c.efficiency) + compute
+
+
 def layer_split_step(
-    stages: Sequence[Stage], batch: int, n_embd: int, kv_read_bytes: float = 0.0
+    stages: Sequence[Stage],
+    batch: int,
+    n_embd: int,
+    c: GpuConstants,
+    kv_read_bytes: float = 0.0,
 ) -> float:
     """Seconds per decode step of a layer split (one stage = a single card)."""
-    step = 0.0
-    total_weights = sum(s.weight_bytes for s in stages) or 1
+    step = c.step_s
+    total_weights = sum(s.weight_bytes + s.expert_bytes for s in stages) or 1
     for s in stages:
-        share = s.weight_bytes / total_weights
-        read = s.weight_bytes + batch * kv_read_bytes * share
-        step += read / (s.bandwidth_bytes_s * EFFICIENCY) + s.layers * LAYER_S
-        step += batch * 2 * s.active_params / (FLOP_PER_BYTE * s.bandwidth_bytes_s)
+        share = (s.weight_bytes + s.expert_bytes) / total_weights
+        step += _card_time(s, c, batch, kv_read_bytes, share) + s.layers * c.layer_s
     for s in stages[:-1]:
         step += BOUNDARY_S + batch * n_embd * ACT_BYTES / _link(s)
     return step
 
 
 def tensor_split_step(
-    stages: Sequence[Stage], batch: int, n_embd: int, n_layer: int, kv_read_bytes: float = 0.0
+    stages: Sequence[Stage],
+    batch: int,
+    n_embd: int,
+    n_layer: int,
+    c: GpuConstants,
+    kv_read_bytes: float = 0.0,
 ) -> float:
     """Seconds per decode step of ``-sm tensor``: cards in parallel, all-reduce per layer."""
-    total_weights = sum(s.weight_bytes for s in stages) or 1
+    total_weights = sum(s.weight_bytes + s.expert_bytes for s in stages) or 1
     slowest = 0.0
     for s in stages:
-        share = s.weight_bytes / total_weights
-        t = (s.weight_bytes + batch * kv_read_bytes * share) / (s.bandwidth_bytes_s * EFFICIENCY)
-        t += batch * 2 * s.active_params / (FLOP_PER_BYTE * s.bandwidth_bytes_s)
-        t_compute = batch * 2 * s.active_params / (FLOP_PER_BYTE * s.bandwidth_bytes_s)
-        t += t_compute * (1 / TENSOR_COMPUTE_EFF - 1)
+        share = (s.weight_bytes + s.expert_bytes) / total_weights
+        t = _card_time(s, c, batch, kv_read_bytes, share)
+        t_compute = batch * 2 * s.active_params / (s.peak_flops * c.compute_eff)
+        t += t_compute * (1 / c.tensor_compute_eff - 1)
         slowest = max(slowest, t)
     n = len(stages)
-    all_nvlink = all(s.nvlink for s in stages)
-    if all_nvlink:
-        return slowest + TENSOR_STEP_S + n_layer * TENSOR_LAYER_S
+    base = slowest + c.step_s + c.tensor_step_s
+    if all(s.nvlink for s in stages):
+        return base + n_layer * c.tensor_layer_s
     link = min(_link(s) for s in stages)
     exchange_bytes = batch * n_embd * ACT_BYTES * 2 * (n - 1) / n
     per_reduce = PCIE_ALLREDUCE_S + exchange_bytes / link
-    return slowest + TENSOR_STEP_S + n_layer * (TENSOR_LAYER_S + 2 * per_reduce)
+    return base + n_layer * (c.tensor_layer_s + 2 * per_reduce)
+
+
+def cpu_step(
+    stage: Stage, batch: int, threads: int, c: CpuConstants, kv_read_bytes: float = 0.0
+) -> float:
+    """Seconds per decode step of a CPU worker using ``threads`` threads (``c.step``)."""
+    point = Point(
+        "", batch, 1.0, stage.layers, stage.weights_read(batch), kv_read_bytes, stage.active_params
+    )
+    return c.step(point, threads)
 
 
 def prompt_tok_s(
     stages: Sequence[Stage], n_embd: int, n_layer: int, tensor: bool, n_ubatch: int = 512
 ) -> float:
     """Prompt tokens per second for one user (a batch of ``n_ubatch`` tokens at a time)."""
-    compute = [
-        n_ubatch * 2 * s.active_params / (PP_FLOP_PER_BYTE * s.bandwidth_bytes_s) for s in stages
-    ]
+    compute = [n_ubatch * 2 * s.active_params / (PP_COMPUTE_EFF * s.peak_flops) for s in stages]
     act = n_ubatch * n_embd * ACT_BYTES
     if tensor:
         n = len(stages)

@@ -24,6 +24,7 @@ class Workload:
     exclude_cards: tuple[str, ...] = ()
     n_ubatch: int = 512
     prompt_tokens: int = 512  # typical prompt, for the KV read and prompt-speed figures
+    flash_attn: bool = True  # -fa on|off
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -34,11 +35,22 @@ class Workload:
             raise LauncherError(f"--kv-type must be one of {', '.join(KV_TYPES)}.")
         if self.goal not in GOALS:
             raise LauncherError(f"--goal must be one of {', '.join(GOALS)}.")
+        if not self.flash_attn and self.kv_type != "f16":
+            raise LauncherError(
+                f"A {self.kv_type} KV cache needs flash attention; use --flash-attn on or "
+                "--kv-type f16."
+            )
         if self.cards and self.exclude_cards:
             raise LauncherError("Give --cards or --exclude-cards, not both.")
 
     def to_json(self) -> dict[str, object]:
-        return {"users": self.users, "ctx": self.ctx, "kv_type": self.kv_type, "goal": self.goal}
+        return {
+            "users": self.users,
+            "ctx": self.ctx,
+            "kv_type": self.kv_type,
+            "goal": self.goal,
+            "flash_attn": self.flash_attn,
+        }
 
 
 def parse_card_list(text: str | None) -> tuple[str, ...]:

@@ -1,0 +1,367 @@
+"""The speed model's constants and where they come from.
+
+Every constant of the decode model (``plan/perf.py``) was fitted on a real box. The boxes, the
+points each was fitted on and the constants that came out are data, in ``fits.toml`` beside
+this file; ``tests/test_fits.py`` fits every box again from its points and checks that the
+stored constants are what the points give.
+
+A prediction says how it was made (``Basis``): after a full bench of this box (the bench's
+correction, ``bench/results.py``), with constants measured here by ``plan --measure``, fitted
+on a box with this card, fitted on a card of the same family (compute capability), or a card
+never seen (the average of the fitted boxes, scaled by the card's own bandwidth and FLOPs).
+Each basis carries how far off such predictions were found to be
+(docs/validation/2026-11-30-h200-speed-holdout.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from launcher.gpu.card import GpuCard
+from launcher.gpu.catalog import CATALOG, CatalogCard, match_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FITS_FILE = Path(__file__).with_name("fits.toml")
+# A host whose memory bandwidth was never measured: assumed (a server's several channels; a
+# desktop's two give less, which plan --measure finds)
+UNMEASURED_HOST_BW = 100e9
+
+# How far off each kind of prediction may be (percent of the measured tok/s), from the
+# held-out checks in docs/validation/ (the uncalibrated targets where nothing was seen yet).
+ERROR_PCT = {
+    "bench": 10.0,
+    "measured": 15.0,
+    "fitted": 15.0,
+    "family": 35.0,
+    "unseen": 50.0,
+    "cpu-measured": 20.0,
+    "cpu": 40.0,
+}
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Where a prediction's constants come from, and how far off it may be."""
+
+    kind: str  # a key of ERROR_PCT
+    detail: str
+
+    @property
+    def error_pct(self) -> float:
+        return ERROR_PCT[self.kind]
+
+    @property
+    def label(self) -> str:
+        return f"±{self.error_pct:.0f}% ({self.detail})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "detail": self.detail, "error_pct": self.error_pct}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured decode rate and what that step had to do (one worker, one card)."""
+
+    what: str
+    users: int
+    tok_s: float
+    layers: int
+    weight_bytes: float  # weights read per step at this batch (MoE: the experts touched)
+    kv_bytes: float  # KV bytes one user's step reads
+    params: float  # parameters multiplied per token
+
+    def terms(self, bandwidth: float, flops: float) -> tuple[float, float, float, float]:
+        """(1, layers, seconds at full bandwidth, seconds at full FLOPs) of one step."""
+        read = self.weight_bytes + self.users * self.kv_bytes
+        return 1.0, float(self.layers), read / bandwidth, self.users * 2 * self.params / flops
+
+
+@dataclass(frozen=True)
+class GpuConstants:
+    """The decode model's constants for one kind of card on one host."""
+
+    step_s: float  # fixed cost per decode step (host: scheduling, sampling, synchronisation)
+    layer_s: float  # per layer per step (kernel launches)
+    efficiency: float  # share of the peak memory bandwidth that weight streaming reaches
+    compute_eff: float  # share of the peak FLOPs batched decode reaches
+    tensor_step_s: float = 2.0e-3  # -sm tensor: fixed cost per step
+    tensor_layer_s: float = 39.5e-6  # -sm tensor: per layer over NVLink, all-reduces included
+    tensor_compute_eff: float = 0.4  # how well -sm tensor divides the per-user compute
+
+
+@dataclass(frozen=True)
+class GpuBox:
+    """A box the GPU constants were fitted on."""
+
+    name: str
+    card: str  # catalog id
+    source: str
+    constants: GpuConstants
+    points: tuple[Point, ...] = field(default=())
+
+    @property
+    def catalog(self) -> CatalogCard:
+        return CATALOG[self.card]
+
+
+@dataclass(frozen=True)
+class CpuConstants:
+    """The decode model's constants for a CPU worker (a roofline: a step takes the longer of
+    streaming the weights and multiplying them, plus fixed and per-user costs)."""
+
+    step_s: float
+    layer_s: float
+    thread_bw: float  # bytes/s of weights one thread streams
+    host_bw: float  # the host's memory bandwidth, shared by all threads
+    thread_flops: float  # FLOP/s one thread reaches on quantized matmuls
+    user_s: float = 0.0  # per user per step: sampling, the server's bookkeeping
+
+    def step(self, p: Point, threads: int) -> float:
+        """Seconds of one step of ``p`` on ``threads`` threads."""
+        read = p.weight_bytes + p.users * p.kv_bytes
+        bandwidth = min(threads * self.thread_bw, self.host_bw)
+        compute = p.users * 2 * p.params / (threads * self.thread_flops)
+        return (
+            self.step_s
+            + p.layers * self.layer_s
+            + max(read / bandwidth, compute)
+            + (p.users * self.user_s)
+        )
+
+
+@dataclass(frozen=True)
+class CpuBox:
+    name: str
+    cores: int
+    source: str
+    constants: CpuConstants
+    points: tuple[Point, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Fits:
+    gpu: tuple[GpuBox, ...]
+    cpu: tuple[CpuBox, ...]
+
+
+def _point(data: dict[str, object]) -> Point:
+    return Point(
+        what=str(data["what"]),
+        users=int(data["users"]),  # type: ignore[call-overload]
+        tok_s=float(data["tok_s"]),  # type: ignore[arg-type]
+        layers=int(data["layers"]),  # type: ignore[call-overload]
+        weight_bytes=float(data["weight_bytes"]),  # type: ignore[arg-type]
+        kv_bytes=float(data["kv_bytes"]),  # type: ignore[arg-type]
+        params=float(data["params"]),  # type: ignore[arg-type]
+    )
+
+
+@functools.cache
+def load(path: Path = FITS_FILE) -> Fits:
+    """The fitted boxes of ``fits.toml``."""
+    data = tomllib.loads(path.read_text())
+    gpu = tuple(
+        GpuBox(
+            name=b["name"],
+            card=b["card"],
+            source=b["source"],
+            constants=GpuConstants(**b["constants"]),
+            points=tuple(_point(p) for p in b.get("points", [])),
+        )
+        for b in data.get("gpu", [])
+    )
+    cpu = tuple(
+        CpuBox(
+            name=b["name"],
+            cores=b["cores"],
+            source=b["source"],
+            constants=CpuConstants(**b["constants"]),
+            points=tuple(_point(p) for p in b.get("points", [])),
+        )
+        for b in data.get("cpu", [])
+    )
+    return Fits(gpu, cpu)
+
+
+# --- fitting --------------------------------------------------------------------------------
+
+
+def solve(rows: Sequence[Sequence[float]], values: Sequence[float]) -> list[float]:
+    """Least squares ``rows @ x ~ values`` (normal equations, Gaussian elimination)."""
+    n = len(rows[0])
+    a = [[sum(r[i] * r[j] for r in rows) for j in range(n)] for i in range(n)]
+    b = [sum(r[i] * v for r, v in zip(rows, values, strict=True)) for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        a[col], a[pivot] = a[pivot], a[col]
+        b[col], b[pivot] = b[pivot], b[col]
+        if abs(a[col][col]) < 1e-300:
+            raise ValueError("the points do not determine the constants")
+        for r in range(n):
+            if r != col:
+                f = a[r][col] / a[col][col]
+                a[r] = [x - f * y for x, y in zip(a[r], a[col], strict=True)]
+                b[r] -= f * b[col]
+    return [b[i] / a[i][i] for i in range(n)]
+
+
+def fit_gpu(
+    points: Sequence[Point], bandwidth: float, flops: float, step_s: float = 0.0
+) -> GpuConstants:
+    """Per-layer cost, bandwidth and compute efficiency that best give ``points``' step times
+    (``step_s`` held fixed: one box's points rarely separate it from the per-layer cost)."""
+    rows = []
+    values = []
+    for p in points:
+        _, layers, read_s, compute_s = p.terms(bandwidth, flops)
+        rows.append([layers, read_s, compute_s])
+        values.append(p.users / p.tok_s - step_s)
+    layer_s, inv_eff, inv_ce = solve(rows, values)
+    return GpuConstants(step_s, layer_s, 1 / inv_eff, 1 / inv_ce)
+
+
+def fit_cpu(points: Sequence[Point], threads: int, host_bw: float) -> CpuConstants:
+    """The CPU constants that best give ``points`` (one worker on ``threads`` threads): a grid
+    search on the log error, refined around the best, since the roofline is not linear."""
+    grid = {
+        "step_s": [0.0, 2e-4, 5e-4, 1e-3, 2e-3],
+        "layer_s": [0.0, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 4e-4],
+        "thread_bw": [x * 1e9 for x in (5, 10, 15, 20, 25, 30, 40, 50, 60, 80)],
+        "thread_flops": [x * 1e9 for x in (25, 50, 80, 100, 120, 150, 200, 250, 300, 400)],
+        "user_s": [0.0, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 8e-4, 1.2e-3],
+    }
+
+    def error(c: CpuConstants) -> float:
+        return sum(math.log(p.users / c.step(p, threads) / p.tok_s) ** 2 for p in points)
+
+    def make(values: dict[str, float]) -> CpuConstants:
+        return CpuConstants(host_bw=host_bw, **values)
+
+    best = min(
+        (dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())),
+        key=lambda v: error(make(v)),
+    )
+    for _ in range(3):  # refine each constant in turn within +-40%
+        for key in grid:
+            tries = [best[key] * f for f in (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)]
+            value = min(tries, key=lambda x: error(make({**best, key: x})))
+            best = {**best, key: value}
+    return make(best)
+
+
+# --- choosing the constants for a card ------------------------------------------------------
+
+
+def catalog_entry(card: GpuCard) -> CatalogCard | None:
+    if card.catalog_id and card.catalog_id in CATALOG:
+        return CATALOG[card.catalog_id]
+    return match_name(card.name)
+
+
+def card_flops(card: GpuCard) -> float | None:
+    """Peak dense FP16 tensor FLOP/s of ``card``, from the catalog (None: not listed)."""
+    entry = catalog_entry(card)
+    return entry.tflops * 1e12 if entry and entry.tflops else None
+
+
+def _average(boxes: Sequence[GpuBox]) -> GpuConstants:
+    c = [b.constants for b in boxes]
+    return GpuConstants(
+        statistics.fmean(x.step_s for x in c),
+        statistics.fmean(x.layer_s for x in c),
+        statistics.fmean(x.efficiency for x in c),
+        statistics.fmean(x.compute_eff for x in c),
+        statistics.fmean(x.tensor_step_s for x in c),
+        statistics.fmean(x.tensor_layer_s for x in c),
+        statistics.fmean(x.tensor_compute_eff for x in c),
+    )
+
+
+def gpu_constants(card: GpuCard, fits: Fits | None = None) -> tuple[GpuConstants, Basis]:
+    """The constants for ``card`` and how they were chosen (no measurement of this box)."""
+    fits = fits or load()
+    entry = catalog_entry(card)
+    same = [b for b in fits.gpu if entry and b.card == entry.id]
+    if same:
+        return same[0].constants, Basis("fitted", f"fitted on {same[0].name}")
+    family = [
+        b
+        for b in fits.gpu
+        if card.compute_capability and b.catalog.compute_capability == card.compute_capability
+    ]
+    if family:
+        names = ", ".join(b.catalog.name for b in family)
+        cc = ".".join(map(str, card.compute_capability or ()))
+        return _average(family), Basis("family", f"same family (sm {cc}) as {names}")
+    return _average(fits.gpu), Basis("unseen", f"{card.name} never measured")
+
+
+def cpu_constants(threads: int, fits: Fits | None = None) -> tuple[CpuConstants, Basis]:
+    """CPU constants for a host never measured: the fitted hosts' per-thread figures."""
+    fits = fits or load()
+    c = [b.constants for b in fits.cpu]
+    names = ", ".join(b.name for b in fits.cpu)
+    return (
+        CpuConstants(
+            statistics.fmean(x.step_s for x in c),
+            statistics.fmean(x.layer_s for x in c),
+            statistics.fmean(x.thread_bw for x in c),
+            UNMEASURED_HOST_BW,
+            statistics.fmean(x.thread_flops for x in c),
+            statistics.fmean(x.user_s for x in c),
+        ),
+        Basis("cpu", f"this CPU never measured; fitted on {names}"),
+    )
+
+
+def with_measured(constants: GpuConstants, measured: GpuConstants) -> GpuConstants:
+    """``constants`` with what ``plan --measure`` measured here (the tensor-split ones kept)."""
+    return replace(
+        constants,
+        step_s=measured.step_s,
+        layer_s=measured.layer_s,
+        efficiency=measured.efficiency,
+        compute_eff=measured.compute_eff,
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``plan --measure`` measured on this host: constants per card name, and the CPU's."""
+
+    gpu: tuple[tuple[str, GpuConstants], ...] = ()
+    cpu: CpuConstants | None = None
+    detail: str = "measured here by plan --measure"
+
+    def for_card(self, name: str) -> GpuConstants | None:
+        return next((c for n, c in self.gpu if n == name), None)
+
+
+def constants_for(
+    card: GpuCard, calibration: Calibration | None = None
+) -> tuple[GpuConstants, Basis]:
+    """The constants for ``card``: measured here if ``calibration`` has its kind, else fitted."""
+    constants, basis = gpu_constants(card)
+    measured = calibration.for_card(card.name) if calibration else None
+    if measured is not None and calibration is not None:
+        return with_measured(constants, measured), Basis("measured", calibration.detail)
+    return constants, basis
+
+
+def cpu_constants_for(
+    threads: int, calibration: Calibration | None = None
+) -> tuple[CpuConstants, Basis]:
+    if calibration is not None and calibration.cpu is not None:
+        return calibration.cpu, Basis("cpu-measured", calibration.detail)
+    return cpu_constants(threads)
