@@ -27,6 +27,7 @@ from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec, read_model_spec
 from launcher.plan.box import BoxPlan, ModelRequest, Placement, plan_box
 from launcher.plan.layouts import Layout, select_cards, with_tensor_split
+from launcher.plan.split import parse_split
 from launcher.plan.workload import Workload
 from launcher.profiles import launch
 from launcher.run import daemon, fleet_state
@@ -170,6 +171,8 @@ class UpRequest:
     replan: bool = False
     llama_server: str | None = None
     more_models: tuple[str, ...] = ()  # ``up A.gguf B.gguf ...``: a fleet of several models
+    tensor_split: str | None = None  # as typed (plan/split.py); one group only
+    flash_attn: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -214,13 +217,26 @@ def requested_spec(request: UpRequest) -> FleetSpec:
             group = replace(group, layout=request.layout)
         if count == 1 and request.cards:
             group = replace(group, cards=request.cards, pci_bus_ids=(), tensor_split=())
+        if request.tensor_split:
+            if count > 1:
+                raise LauncherError(
+                    "--tensor-split applies to a fleet of one model; give each group its "
+                    "tensor_split in the launch profile."
+                )
+            group = replace(group, tensor_split=parse_split(request.tensor_split))
         changed.append(
             replace(
                 group,
                 users=u or group.users,
                 ctx=c or group.ctx,
                 goal=request.goal or group.goal,
-                server=replace(group.server, kv_type=request.kv_type or group.server.kv_type),
+                server=replace(
+                    group.server,
+                    kv_type=request.kv_type or group.server.kv_type,
+                    flash_attn=group.server.flash_attn
+                    if request.flash_attn is None
+                    else request.flash_attn,
+                ),
             )
         )
     router = replace(spec.router, port=request.port or spec.router.port)
@@ -296,6 +312,7 @@ def _plan_box(
             kv_type=group.server.kv_type,
             goal=group.goal,
             cards=cards or box_cards,
+            flash_attn=group.server.flash_attn,
         )
         requests.append(
             ModelRequest(
@@ -419,6 +436,8 @@ def _plan_group(
         kv_type=group.server.kv_type,
         goal=group.goal,
         cards=cards,
+        flash_attn=group.server.flash_attn,
+        tensor_split=() if replan else group.tensor_split,
     )
     mmproj = Path(group.server.mmproj).expanduser() if group.server.mmproj else None
     outcome = planning.plan_with(
@@ -431,8 +450,6 @@ def _plan_group(
             + " ".join(outcome.plan.advice or (outcome.plan.layouts[0].reason,))
         )
     layout = best.layout
-    if group.tensor_split and not replan and group.tensor_split != layout.tensor_split:
-        layout = with_tensor_split(model, layout, group.tensor_split, workload)
     planned = group_from_layout(model, layout, workload, box, base=group, settings=group.server)
     lines = [f"Group {group.name}: {layout.kind}, {len(planned.workers)} worker(s). {best.reason}"]
     if replan:
@@ -613,8 +630,10 @@ def save_profile(
         users=request.users,
         ctx=request.ctx,
         goal=request.goal,
+        tensor_split=parse_split(request.tensor_split) if request.tensor_split else (),
         server=ServerSettings(
             kv_type=request.kv_type,
+            flash_attn=request.flash_attn,
             llama_server=request.llama_server,
             mmproj=str(request.mmproj) if request.mmproj else None,
         ),
@@ -650,7 +669,11 @@ def save_box_profile(
                 users=u,
                 ctx=c,
                 goal=request.goal,
-                server=ServerSettings(kv_type=request.kv_type, llama_server=request.llama_server),
+                server=ServerSettings(
+                    kv_type=request.kv_type,
+                    flash_attn=request.flash_attn,
+                    llama_server=request.llama_server,
+                ),
             )
         )
     spec = FleetSpec(

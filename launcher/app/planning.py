@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.app import hardware, server
+from launcher.app import hardware, measure, server
 from launcher.bench import results
 from launcher.errors import LauncherError
 from launcher.gpu.inventory import Host, Inventory
@@ -16,6 +16,7 @@ from launcher.model.spec import ModelSpec, read_mmproj_bytes, read_model_spec
 from launcher.plan.advisor import Plan, plan
 from launcher.plan.box import BoxResult, ModelRequest, plan_box
 from launcher.plan.layouts import DEFAULT_ROUTER_PORT, select_cards
+from launcher.plan.split import parse_split
 from launcher.plan.workload import DEFAULT_CTX, DEFAULT_USERS_PER_WORKER, Workload
 from launcher.run.verify import DeviceEstimate, run_fit_params
 from launcher.spec.fleet import name_from_model, unique_name
@@ -37,6 +38,8 @@ def default_workload(
     goal: str = "throughput",
     cards: tuple[str, ...] = (),
     exclude_cards: tuple[str, ...] = (),
+    flash_attn: bool = True,
+    tensor_split: tuple[float, ...] = (),
 ) -> Workload:
     """The workload the user asked for, with the defaults filled in (DESIGN.md): 4 users per
     card the plan may use (per CPU worker on a box without one), and a context of 4096 or the
@@ -48,6 +51,8 @@ def default_workload(
         goal=goal,
         cards=cards,
         exclude_cards=exclude_cards,
+        flash_attn=flash_attn,
+        tensor_split=tensor_split,
     )
 
 
@@ -67,6 +72,9 @@ class PlanRequest:
     mmproj: Path | None = None
     llama_server: str | None = None
     router_port: int = DEFAULT_ROUTER_PORT  # workers listen on the ports above it
+    flash_attn: bool = True
+    tensor_split: str | None = None  # as typed: plan/split.py reads it
+    measure: bool = False  # run the micro-benchmark first (plan --measure)
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,8 @@ def plan_with(
     router_port: int = DEFAULT_ROUTER_PORT,
     mmproj: Path | None = None,
 ) -> PlanOutcome:
-    """Plan ``model`` for ``workload`` and set this box's bench results beside it."""
+    """Plan ``model`` for ``workload`` and set this box's bench results beside it; on this
+    box, with the constants ``plan --measure`` measured here, if it was run."""
     mmproj_bytes = read_mmproj_bytes(mmproj) if mmproj else 0
     result = plan(
         model,
@@ -130,6 +139,7 @@ def plan_with(
         router_port=router_port,
         mmproj_bytes=mmproj_bytes,
         mmproj_path=str(mmproj) if mmproj else None,
+        calibration=measure.load_calibration() if inventory.source == "nvml" else None,
     )
     keys = results.keys_for(inventory, model, target)
     flags = results.inherited_flags(result, target)
@@ -146,11 +156,25 @@ def plan_with(
     )
 
 
-def plan_model(request: PlanRequest) -> PlanOutcome:
-    """``plan``: read the model, take the hardware, fill in the workload, rank the layouts."""
+def plan_model(request: PlanRequest, say: measure.Say | None = None) -> PlanOutcome:
+    """``plan``: read the model, take the hardware, fill in the workload, rank the layouts
+    (with ``measure``, after measuring this host's constants; ``say`` shows the progress)."""
     model = read_model_spec(request.model)
     box = hardware.inventory(request.hardware)
     target, note = server.target(request.llama_server, box)
+    if request.measure:
+        if request.hardware:
+            raise LauncherError(
+                "--measure measures this box; plan for a hardware profile without it."
+            )
+        required = server.required_target(request.llama_server)
+        measure.measure(
+            list(box.local.cards),
+            box.local.info.cpu_cores,
+            request.llama_server,
+            required,
+            say or (lambda _: None),
+        )
     workload = default_workload(
         model,
         box.local,
@@ -160,6 +184,8 @@ def plan_model(request: PlanRequest) -> PlanOutcome:
         goal=request.goal,
         cards=request.cards,
         exclude_cards=request.exclude_cards,
+        flash_attn=request.flash_attn,
+        tensor_split=parse_split(request.tensor_split) if request.tensor_split else (),
     )
     return plan_with(
         model,
@@ -269,6 +295,7 @@ class BoxRequest:
     exclude_cards: tuple[str, ...] = ()
     llama_server: str | None = None
     router_port: int = DEFAULT_ROUTER_PORT
+    flash_attn: bool = True
 
 
 @dataclass(frozen=True)
@@ -296,6 +323,7 @@ def model_workload(
     goal: str = "throughput",
     cards: tuple[str, ...] = (),
     exclude_cards: tuple[str, ...] = (),
+    flash_attn: bool = True,
 ) -> Workload:
     """One model's workload in a box of several: as ``default_workload``, but with no users
     given a model gets 4 (one worker's worth), not 4 per card: the cards are shared."""
@@ -308,6 +336,7 @@ def model_workload(
         goal=goal,
         cards=cards,
         exclude_cards=exclude_cards,
+        flash_attn=flash_attn,
     )
 
 
@@ -332,6 +361,7 @@ def plan_models(request: BoxRequest) -> BoxOutcome:
         cards=request.cards,
         exclude_cards=request.exclude_cards,
         router_port=request.router_port,
+        flash_attn=request.flash_attn,
     )
     return BoxOutcome(result, box, target, note)
 
@@ -347,6 +377,7 @@ def plan_models_on(
     cards: tuple[str, ...] = (),
     exclude_cards: tuple[str, ...] = (),
     router_port: int = DEFAULT_ROUTER_PORT,
+    flash_attn: bool = True,
 ) -> BoxResult:
     """The box plans of (model, users, ctx) on ``box``: each model a group named after its
     file (``-2`` on a clash); the CLI's ``plan A B`` and the Plan screen's box."""
@@ -362,6 +393,7 @@ def plan_models_on(
             goal=goal,
             cards=cards,
             exclude_cards=exclude_cards,
+            flash_attn=flash_attn,
         )
         requests.append(ModelRequest(name, model, workload, layout))
     return plan_box(requests, box, target, goal, router_port)

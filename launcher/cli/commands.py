@@ -112,6 +112,9 @@ def _plan_request(args: argparse.Namespace, model: str) -> planning.PlanRequest:
         mmproj=Path(args.mmproj) if args.mmproj else None,
         llama_server=args.llama_server,
         router_port=args.port or DEFAULT_ROUTER_PORT,
+        flash_attn=args.flash_attn != "off",
+        tensor_split=args.tensor_split,
+        measure=getattr(args, "measure", False),
     )
 
 
@@ -119,6 +122,11 @@ def _box_request(args: argparse.Namespace, paths: list[str]) -> planning.BoxRequ
     """The plan options for several models as a box request."""
     if args.mmproj:
         raise LauncherError("--mmproj applies to one model; give it in a launch profile.")
+    if args.tensor_split:
+        raise LauncherError(
+            "--tensor-split applies to one model; give each group its tensor_split in a "
+            "launch profile."
+        )
     return planning.BoxRequest(
         models=tuple(Path(m) for m in paths),
         users=args.users or (),
@@ -131,6 +139,7 @@ def _box_request(args: argparse.Namespace, paths: list[str]) -> planning.BoxRequ
         exclude_cards=parse_card_list(args.exclude_cards),
         llama_server=args.llama_server,
         router_port=args.port or DEFAULT_ROUTER_PORT,
+        flash_attn=args.flash_attn != "off",
     )
 
 
@@ -147,7 +156,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             render.print_box_plan(box)
         best = box.result.best
         return 0 if best is not None and not best.missing else 3
-    outcome = planning.plan_model(_plan_request(args, args.models[0]))
+    outcome = planning.plan_model(
+        _plan_request(args, args.models[0]), say=lambda line: print(line, file=sys.stderr)
+    )
     if args.json:
         print(json.dumps(outcome.to_json(), indent=2))
     else:
@@ -175,6 +186,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             name=args.name,
             replan=args.replan,
             llama_server=args.llama_server,
+            tensor_split=args.tensor_split,
+            flash_attn=None if args.flash_attn is None else args.flash_attn == "on",
         )
     )
     print(f"Fleet {prepared.spec.name}:")

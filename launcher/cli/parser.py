@@ -69,6 +69,22 @@ def _plan_options(p: argparse.ArgumentParser, hardware_help: str) -> None:
     p.add_argument(
         "--mmproj", metavar="FILE", help="a vision projector, on each worker's first card"
     )
+    _split_options(p)
+
+
+def _split_options(p: argparse.ArgumentParser) -> None:
+    """``--tensor-split`` and ``--flash-attn``, the same for plan and up."""
+    p.add_argument(
+        "--tensor-split",
+        metavar="N,N...",
+        help="llama.cpp's -ts for a pooled layout: one number per card, as proportions "
+        "(layers per card when they add up to the model's layers + 1)",
+    )
+    p.add_argument(
+        "--flash-attn",
+        choices=("on", "off"),
+        help="flash attention (on; off needs an f16 KV cache and more compute memory)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify", action="store_true", help="compare with llama-fit-params on this box"
     )
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="first measure this box's decode speed constants (under a minute; kept for "
+        "later plans)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=commands.cmd_plan)
 
@@ -175,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kv-type", choices=KV_TYPES, help="KV cache type (default: the profile's)")
     p.add_argument("--goal", choices=GOALS, help="what the plan ranks layouts by")
+    _split_options(p)
     p.add_argument(
         "--port", type=port, help="router port (the profile's, else 8080); workers above it"
     )

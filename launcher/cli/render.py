@@ -122,7 +122,12 @@ def print_plan(outcome: PlanOutcome) -> None:
     for note in spec.notes:
         print(f"Note: {note}.")
     print(f"Hardware: {_hardware(inventory)} ({result.host_name}); server: {outcome.server_note}")
-    print(f"Workload: {w.users} user(s) x {w.ctx} tokens, KV {w.kv_type}, goal {w.goal}\n")
+    print(
+        f"Workload: {w.users} user(s) x {w.ctx} tokens, KV {w.kv_type}, goal {w.goal}"
+        + ("" if w.flash_attn else ", flash attention off")
+        + (f", tensor split {','.join(f'{v:g}' for v in w.tensor_split)}" if w.tensor_split else "")
+        + "\n"
+    )
     for r in result.layouts:
         lay = r.layout
         t = lay.throughput
@@ -139,16 +144,18 @@ def print_plan(outcome: PlanOutcome) -> None:
                 f"   On this box: {value:.0f} tok/s for {w.users} user(s) ({source}, "
                 "from 'llama-launcher bench')."
             )
+        elif lay.basis and lay.feasible:
+            print(f"   Speed {lay.basis.label}.")
         if lay.cards:
             print(
-                f"   {'card':>6} {'weights':>9} {'KV':>8} {'compute':>8} {'total':>8} "
-                f"{'free after':>11}  GiB"
+                f"   {'card':>6} {'layers':>6} {'weights':>9} {'KV':>8} {'compute':>8} "
+                f"{'total':>8} {'free after':>11}  GiB"
             )
             for c in lay.cards:
                 print(
-                    f"   {c.card:>6} {c.weights_bytes / 2**30:>9.2f} {c.kv_bytes / 2**30:>8.2f} "
-                    f"{c.compute_bytes / 2**30:>8.2f} {c.total_bytes / 2**30:>8.2f} "
-                    f"{c.free_after_bytes / 2**30:>11.2f}"
+                    f"   {c.card:>6} {len(c.layers):>6} {c.weights_bytes / 2**30:>9.2f} "
+                    f"{c.kv_bytes / 2**30:>8.2f} {c.compute_bytes / 2**30:>8.2f} "
+                    f"{c.total_bytes / 2**30:>8.2f} {c.free_after_bytes / 2**30:>11.2f}"
                 )
         print(f"   host RAM: {lay.host_bytes / 2**30:.2f} GiB")
         for p in lay.processes:

@@ -30,9 +30,8 @@ class CatalogCard:
     compute_capability: tuple[int, int]
     source: str
     nvlink: bool = False
-    # dense FP16 tensor throughput (FP16 accumulate), 10^12 FLOP/s, from the same sheets; for
-    # cards without tensor cores, what llama.cpp's quantized kernels use (P40: half its
-    # int8 dp4a rate; GTX 1660: plain FP16)
+    # FP32 throughput of the CUDA cores, 10^12 FLOP/s, from the same sheets: decode at small
+    # batches runs llama.cpp's int8 dot-product kernels on those cores, not the tensor cores
     tflops: float = 0.0
 
     @property
@@ -60,7 +59,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (7, 5),
             f"{_GEFORCE} (GTX 1660: 6 GB GDDR5, 192-bit, 8 Gbps); {_CUDA}",
-            tflops=10.1,
+            tflops=5.0,
         ),
         CatalogCard(
             "rtx-2060-super",
@@ -72,7 +71,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (7, 5),
             f"{_GEFORCE} (RTX 2060 SUPER: 8 GB GDDR6, 256-bit, 14 Gbps); {_CUDA}",
-            tflops=57.4,
+            tflops=7.2,
         ),
         CatalogCard(
             "rtx-3060-12gb",
@@ -84,7 +83,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (8, 6),
             f"{_GEFORCE} (RTX 3060: 12 GB GDDR6, 192-bit, 15 Gbps); {_CUDA}",
-            tflops=51.2,
+            tflops=12.7,
         ),
         CatalogCard(
             "rtx-3060-ti",
@@ -96,7 +95,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (8, 6),
             f"{_GEFORCE} (RTX 3060 Ti: 8 GB GDDR6, 256-bit, 14 Gbps); {_CUDA}",
-            tflops=64.8,
+            tflops=16.2,
         ),
         CatalogCard(
             "rtx-3070",
@@ -108,7 +107,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (8, 6),
             f"{_GEFORCE} (RTX 3070: 8 GB GDDR6, 256-bit, 14 Gbps); {_CUDA}",
-            tflops=81.3,
+            tflops=20.3,
         ),
         CatalogCard(
             "rtx-3080",
@@ -120,7 +119,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (8, 6),
             f"{_GEFORCE} (RTX 3080 10GB: GDDR6X, 320-bit, 19 Gbps); {_CUDA}",
-            tflops=119.0,
+            tflops=29.8,
         ),
         CatalogCard(
             "rtx-3090",
@@ -133,7 +132,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 6),
             f"{_GEFORCE} (RTX 3090: 24 GB GDDR6X, 384-bit, 19.5 Gbps); {_CUDA}",
             nvlink=True,
-            tflops=142.0,
+            tflops=35.6,
         ),
         CatalogCard(
             "rtx-4060",
@@ -145,7 +144,7 @@ CATALOG: dict[str, CatalogCard] = {
             8,
             (8, 9),
             f"{_GEFORCE} (RTX 4060: 8 GB GDDR6, 128-bit, 17 Gbps, PCIe 4.0 x8); {_CUDA}",
-            tflops=60.5,
+            tflops=15.1,
         ),
         CatalogCard(
             "rtx-4060-ti-16gb",
@@ -157,7 +156,7 @@ CATALOG: dict[str, CatalogCard] = {
             8,
             (8, 9),
             f"{_GEFORCE} (RTX 4060 Ti 16GB: GDDR6, 128-bit, 18 Gbps, PCIe 4.0 x8); {_CUDA}",
-            tflops=88.4,
+            tflops=22.1,
         ),
         CatalogCard(
             "rtx-4070",
@@ -169,7 +168,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (8, 9),
             f"{_GEFORCE} (RTX 4070: 12 GB GDDR6X, 192-bit, 21 Gbps); {_CUDA}",
-            tflops=116.6,
+            tflops=29.1,
         ),
         CatalogCard(
             "rtx-4090",
@@ -181,7 +180,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (8, 9),
             f"{_GEFORCE} (RTX 4090: 24 GB GDDR6X, 384-bit, 21 Gbps); {_CUDA}",
-            tflops=330.3,
+            tflops=82.6,
         ),
         CatalogCard(
             "rtx-5060-ti-16gb",
@@ -193,7 +192,7 @@ CATALOG: dict[str, CatalogCard] = {
             8,
             (12, 0),
             f"{_GEFORCE} (RTX 5060 Ti 16GB: GDDR7, 128-bit, 28 Gbps, PCIe 5.0 x8); {_CUDA}",
-            tflops=94.8,
+            tflops=23.7,
         ),
         CatalogCard(
             "rtx-5090",
@@ -205,7 +204,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (12, 0),
             f"{_GEFORCE} (RTX 5090: 32 GB GDDR7, 512-bit, 28 Gbps); {_CUDA}",
-            tflops=419.0,
+            tflops=104.8,
         ),
         CatalogCard(
             "rtx-pro-6000-96gb",
@@ -218,7 +217,7 @@ CATALOG: dict[str, CatalogCard] = {
             (12, 0),
             "NVIDIA RTX PRO 6000 Blackwell Workstation Edition datasheet "
             f"(96 GB GDDR7 ECC, 512-bit, 1792 GB/s); {_CUDA}",
-            tflops=503.8,
+            tflops=126.0,
         ),
         CatalogCard(
             "tesla-p40",
@@ -230,7 +229,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (6, 1),
             f"NVIDIA Tesla P40 datasheet (24 GB GDDR5, 384-bit, 346 GB/s); {_CUDA}",
-            tflops=23.5,
+            tflops=11.8,
         ),
         CatalogCard(
             "l40s",
@@ -242,7 +241,7 @@ CATALOG: dict[str, CatalogCard] = {
             16,
             (8, 9),
             f"NVIDIA L40S datasheet (48 GB GDDR6 ECC, 864 GB/s); {_CUDA}",
-            tflops=362.1,
+            tflops=91.6,
         ),
         CatalogCard(
             "a100-80gb",
@@ -255,7 +254,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 0),
             f"NVIDIA A100 datasheet (80 GB HBM2e SXM, 2039 GB/s, NVLink 600 GB/s); {_CUDA}",
             nvlink=True,
-            tflops=312.0,
+            tflops=19.5,
         ),
         CatalogCard(
             "h100-80gb",
@@ -268,7 +267,7 @@ CATALOG: dict[str, CatalogCard] = {
             (9, 0),
             f"NVIDIA H100 datasheet (80 GB HBM3 SXM, 3.35 TB/s, NVLink 900 GB/s); {_CUDA}",
             nvlink=True,
-            tflops=989.0,
+            tflops=67.0,
         ),
         CatalogCard(
             "h200-141gb",
@@ -281,7 +280,7 @@ CATALOG: dict[str, CatalogCard] = {
             (9, 0),
             f"NVIDIA H200 datasheet (141 GB HBM3e SXM, 4.8 TB/s, NVLink 900 GB/s); {_CUDA}",
             nvlink=True,
-            tflops=989.0,
+            tflops=67.0,
         ),
     ]
 }

@@ -15,6 +15,7 @@ from launcher.gpu.inventory import Inventory
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec
 from launcher.plan import layouts as lay
+from launcher.plan.fits import Calibration
 from launcher.plan.layouts import Layout
 from launcher.plan.workload import Workload
 
@@ -86,12 +87,13 @@ def plan(
     router_port: int = lay.DEFAULT_ROUTER_PORT,
     mmproj_bytes: int = 0,
     mmproj_path: str | None = None,
+    calibration: Calibration | None = None,
 ) -> Plan:
     """The ranked layouts of ``spec`` for ``workload`` on the inventory's first host."""
     host = inventory.local
     server = server or ServerTarget()
     built = lay.build_layouts(
-        spec, host, workload, server, kind, router_port, mmproj_bytes, mmproj_path
+        spec, host, workload, server, kind, router_port, mmproj_bytes, mmproj_path, calibration
     )
     ranked = sorted(built, key=lambda item: (not item.feasible, -_score(item, workload.goal)))
     feasible = [item for item in ranked if item.feasible]

@@ -24,6 +24,7 @@ from launcher.plan import memory as mem
 from launcher.plan.fits import Basis, Calibration, GpuConstants
 from launcher.plan.memory import CardMemory
 from launcher.plan.perf import Stage, Throughput
+from launcher.plan.split import check_split, layer_counts, tensor_shares
 from launcher.plan.workload import Workload
 
 # Free memory a card must keep after loading, for fragmentation and the driver's own needs.
@@ -180,7 +181,7 @@ def _gpu(ctx: _Ctx, mode: str, ngl: int, split: Sequence[int] = ()) -> dict[str,
 def _stages(ctx: _Ctx, cards: Sequence[GpuCard], memory: Sequence[CardMemory]) -> list[Stage]:
     spec = ctx.spec
     gpu_weights = sum(m.weights_bytes for m in memory) or 1
-    matmul_params = _matmul_params(spec)
+    matmul_params = fits.matmul_params(spec)
     nvlinked = {c.index for c in cards if c.nvlink_active_links}
     nvlinked |= {i for p in ctx.host.links if p.nvlink_links for i in (p.a, p.b)}
     stages = []
@@ -212,11 +213,6 @@ def _experts_on_card(spec: ModelSpec, m: CardMemory) -> int:
     layers = [il for il in m.layers if il < spec.n_layer]
     full = sum(mem.layer_weight_bytes(spec, il) for il in m.layers) or 1
     return int(sum(spec.expert_bytes[il] for il in layers) * min(m.weights_bytes / full, 1.0))
-
-
-def _matmul_params(spec: ModelSpec) -> float:
-    """Parameters multiplied per token: all but the embedding rows and the unused experts."""
-    return spec.parameters * spec.active_bytes_per_token() / max(spec.weights_bytes, 1)
 
 
 def _kv_read(ctx: _Ctx) -> float:
@@ -359,8 +355,13 @@ def pooled_layer(
     cards = tuple(cards if cards is not None else ctx.cards)
     slots = max(users if users is not None else w.users, 1)
     free = [_free(c) for c in cards]
-    split = mem.balanced_shares(
-        ctx.spec, free, w.ctx, slots, w.kv_type, w.n_ubatch, flash_attn=w.flash_attn
+    given = w.tensor_split if len(cards) == len(ctx.cards) else ()
+    split = (
+        list(layer_counts(given, len(cards), ctx.spec.n_layer))
+        if given
+        else mem.balanced_shares(
+            ctx.spec, free, w.ctx, slots, w.kv_type, w.n_ubatch, flash_attn=w.flash_attn
+        )
     )
     memory, host = mem.layer_split_memory(
         ctx.spec,
@@ -399,7 +400,11 @@ def pooled_tensor(ctx: _Ctx) -> Layout:
     fixed = mem.compute_buffer_bytes(ctx.spec, w.n_ubatch)
     shares = [max(f - fixed, 1) for f in free]
     scale = min(shares)
-    split = [max(1, round(s / scale * 10)) for s in shares]
+    split = (
+        list(tensor_shares(w.tensor_split, len(cards)))
+        if w.tensor_split
+        else [max(1, round(s / scale * 10)) for s in shares]
+    )
     memory, host = mem.tensor_split_memory(
         ctx.spec,
         [(c.index, c.uuid, f) for c, f in zip(cards, free, strict=True)],
@@ -562,7 +567,7 @@ def cpu_workers(ctx: _Ctx, n: int) -> Layout:
     stage = Stage(
         bandwidth_bytes_s=constants.host_bw,
         weight_bytes=spec.active_bytes_per_token() - _experts_read(spec, 1),
-        active_params=_matmul_params(spec),
+        active_params=fits.matmul_params(spec),
         layers=spec.n_layer,
         link_bytes_s=None,
         expert_bytes=sum(spec.expert_bytes),
@@ -618,12 +623,31 @@ def build_layouts(
     router_port: int = DEFAULT_ROUTER_PORT,
     mmproj_bytes: int = 0,
     mmproj_path: str | None = None,
+    calibration: Calibration | None = None,
 ) -> list[Layout]:
-    """Every layout of ``kind`` (``auto``: all that apply) for ``spec`` on ``host``."""
+    """Every layout of ``kind`` (``auto``: all that apply) for ``spec`` on ``host``; with a
+    tensor split in ``workload``, the pooled layouts that take it."""
     cards = select_cards(host, workload)
     ctx = _Ctx(
-        spec, host, cards, workload, server, router_port, mmproj_bytes, str(spec.path), mmproj_path
+        spec,
+        host,
+        cards,
+        workload,
+        server,
+        router_port,
+        mmproj_bytes,
+        str(spec.path),
+        mmproj_path,
+        calibration,
     )
+    if workload.tensor_split:
+        pooled = ("pooled-layer", "pooled-tensor")
+        if kind not in ("auto", *pooled):
+            raise LauncherError(
+                f"A tensor split applies to the pooled layouts, not to {kind}; "
+                "choose --layout pooled-layer or pooled-tensor."
+            )
+        check_split(workload.tensor_split, len(cards))
     if kind.startswith("cpu:") or (kind == "auto" and not cards):
         n_text = kind.split(":", 1)[1] if kind.startswith("cpu:") else "1"
         if not n_text.isdigit() or int(n_text) < 1:
@@ -641,6 +665,8 @@ def build_layouts(
     wanted = (
         {kind}
         if kind != "auto"
+        else {"pooled-layer", "pooled-tensor"}
+        if workload.tensor_split
         else {"per-card", "pooled-layer", "pooled-tensor", "groups", "partial-offload"}
     )
     if "per-card" in wanted:
@@ -679,42 +705,37 @@ def build_layouts(
 
 
 def with_tensor_split(
-    spec: ModelSpec, layout: Layout, split: Sequence[int], workload: Workload
+    spec: ModelSpec, layout: Layout, split: Sequence[float], workload: Workload
 ) -> Layout:
-    """A one-worker pooled ``layout`` with a hand-made ``-ts``: memory per card recomputed,
-    the worker's split replaced. For ``-sm layer`` the split is layers per card (adding up to
-    the model's layers and output head); for ``-sm tensor``, proportions. Raises one sentence
-    when the split does not match the layout."""
+    """A one-worker pooled ``layout`` with a hand-made ``-ts`` (read by ``plan/split.py``'s
+    rule): memory per card recomputed, the worker's split replaced. Raises one sentence when
+    the split does not fit the layout."""
     mode = layout.processes[0].args.split_mode if len(layout.processes) == 1 else None
     if mode not in ("layer", "tensor") or layout.kind == "partial-offload":
         raise LauncherError(f"A tensor split applies to pooled layouts, not to {layout.kind}.")
-    if len(split) != len(layout.cards) or min(split, default=0) < 0 or sum(split) == 0:
-        raise LauncherError(
-            f"A tensor split for {layout.kind} needs {len(layout.cards)} numbers of 0 or more, "
-            "one per card."
-        )
-    if mode == "layer" and sum(split) != spec.n_layer + 1:
-        raise LauncherError(
-            f"A split needs {len(layout.cards)} numbers adding up to {spec.n_layer + 1} layers."
-        )
+    counts = (
+        layer_counts(split, len(layout.cards), spec.n_layer)
+        if mode == "layer"
+        else tensor_shares(split, len(layout.cards))
+    )
     process = layout.processes[0]
     memory = mem.layer_split_memory if mode == "layer" else mem.tensor_split_memory
     cards, host = memory(
         spec,
         [(c.card, c.uuid, c.free_bytes) for c in layout.cards],
-        list(split),
+        list(counts),
         workload.ctx,
         process.slots,
         workload.kv_type,
         workload.n_ubatch,
         flash_attn=workload.flash_attn,
     )
-    args = process.args.replace(tensor_split=tuple(split))
+    args = process.args.replace(tensor_split=counts)
     return dataclasses.replace(
         layout,
         cards=tuple(cards),
         host_bytes=host,
-        tensor_split=tuple(split),
+        tensor_split=counts,
         problem=_fit_problem(cards),
         processes=(dataclasses.replace(process, args=args),),
     )

@@ -17,7 +17,7 @@ PCIe (which is where x1 risers hurt).
 
 The constants (``GpuConstants``, ``CpuConstants``) are data: ``plan/fits.py`` reads the boxes
 they were fitted on from ``fits.toml``, or takes what ``plan --measure`` measured here.
-A card's FLOPs are its catalog figure; a card the catalog lacks gets ``FLOPS_PER_BYTE_S`` times
+A card's FLOPs are its catalog FP32 figure; a card the catalog lacks gets ``FLOPS_PER_BYTE_S`` times
 its bandwidth (the H100's ratio).
 """
 
@@ -26,14 +26,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from launcher.plan.fits import CpuConstants, GpuConstants, Point
+from launcher.plan.fits import CpuConstants, GpuConstants, Point, experts_touched
 
-# prompt processing reaches this share of the peak FLOPs (48 FLOP per byte/s of an H100)
-PP_COMPUTE_EFF = 48.0 / (989e12 / 3.35e12)
 BOUNDARY_S = 100e-6  # hand-off between two stages of a layer split, per step
 PCIE_ALLREDUCE_S = 150e-6  # one all-reduce through PCIe and host memory (assumed, not measured)
 ACT_BYTES = 4  # f32 activations
-FLOPS_PER_BYTE_S = 989e12 / 3.35e12  # H100 SXM: dense FP16 FLOP/s per byte/s of bandwidth
+FLOPS_PER_BYTE_S = 67e12 / 3.35e12  # H100 SXM: FP32 FLOP/s per byte/s of bandwidth
+# prompt processing (tensor cores) per FP32 FLOP/s of the card (48 FLOP per byte/s of an H100)
+PP_COMPUTE_EFF = 48.0 / FLOPS_PER_BYTE_S
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Stage:
     layers: int
     link_bytes_s: float | None  # PCIe link to the next stage / the host (None: unknown)
     nvlink: bool = False
-    flops: float | None = None  # peak FP16 FLOP/s (None: from the bandwidth)
+    flops: float | None = None  # peak FP32 FLOP/s (None: from the bandwidth)
     expert_bytes: int = 0  # all expert weights on this card (mixture of experts)
     n_expert: int = 0
     n_expert_used: int = 0
@@ -62,15 +62,6 @@ class Stage:
         return self.weight_bytes + self.expert_bytes * experts_touched(
             batch, self.n_expert, self.n_expert_used
         )
-
-
-def experts_touched(batch: int, n_expert: int, n_used: int) -> float:
-    """Share of the experts that ``batch`` tokens touch, each choosing ``n_used`` of
-    ``n_expert`` (independently and uniformly: real routers are less even, which only lowers
-    it)."""
-    if n_expert <= 0:
-        return 1.0
-    return 1.0 - (1.0 - min(n_used, n_expert) / n_expert) ** max(batch, 1)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class Workload:
     n_ubatch: int = 512
     prompt_tokens: int = 512  # typical prompt, for the KV read and prompt-speed figures
     flash_attn: bool = True  # -fa on|off
+    tensor_split: tuple[float, ...] = ()  # the user's -ts for pooled layouts (plan/split.py)
 
     def __post_init__(self) -> None:
         if self.users < 1:

@@ -177,13 +177,14 @@ class _Check:
             raise self.fail(f"{where}{key}", f"= {kind!r}: must be {LAYOUT_WORDS}.")
         return kind
 
-    def split(self, table: dict[str, Any], where: str) -> tuple[int, ...]:
+    def split(self, table: dict[str, Any], where: str) -> tuple[float, ...]:
         split = table.get("tensor_split", [])
         if not isinstance(split, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in split
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in split
         ):
             raise self.fail(
-                f"{where}tensor_split", "must be a list of whole numbers (-ts, per card)."
+                f"{where}tensor_split",
+                "must be a list of numbers of 0 or more (-ts: layers or proportions, per card).",
             )
         return tuple(split)
 

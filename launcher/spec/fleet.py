@@ -121,7 +121,8 @@ class GroupSpec:
     aliases: tuple[str, ...] = ()
     cards: tuple[str, ...] = ()  # UUIDs (or indices), in the planned order
     pci_bus_ids: tuple[str, ...] = ()  # fallback when a UUID is not found, same order
-    tensor_split: tuple[int, ...] = ()  # -ts as planned or edited: layers per card
+    # -ts as given (proportions or layers per card, plan/split.py) or as planned (layers)
+    tensor_split: tuple[float, ...] = ()
     users: int | None = None  # slots in total
     ctx: int | None = None  # per user
     goal: str = "throughput"
