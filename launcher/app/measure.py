@@ -33,6 +33,7 @@ from launcher.model import synthetic
 from launcher.model.spec import ModelSpec, read_model_spec
 from launcher.plan import fits
 from launcher.plan.fits import Calibration, CpuConstants, GpuConstants, Point
+from launcher.plan.layouts import Process
 from launcher.run import microbench
 from launcher.run.server_binary import find_server, find_vocab
 
@@ -168,6 +169,18 @@ def _run(
         )
         for r in rates
     ]
+
+
+def run_process(
+    process: Process,
+    batches: tuple[int, ...],
+    log: Path,
+    on_loaded: Callable[[int], None] | None = None,
+) -> list[microbench.DecodeRate]:
+    """Run one planned worker (its argv and environment) and measure decode at ``batches``."""
+    return microbench.measure_decode(
+        process.args, process.env, batches, TOKENS, log, on_loaded=on_loaded
+    )
 
 
 def _fit_gpu(points: list[Point], card: GpuCard) -> GpuConstants:

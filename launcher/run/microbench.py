@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,22 +96,32 @@ def measure_decode(
     tokens: int,
     log: Path,
     load_timeout_s: float = 120.0,
+    on_loaded: Callable[[int], None] | None = None,
 ) -> list[DecodeRate]:
     """Start a llama-server with ``args`` (on a free port of 127.0.0.1) and measure decode at
-    each number of users in ``batches``; the server always stops before this returns."""
+    each number of users in ``batches``; the server always stops before this returns.
+    ``on_loaded(pid)`` runs once the model is loaded (to read memory, say)."""
     port = free_port(set(), 18700)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            args.replace(host=HOST, port=port).argv(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                args.replace(host=HOST, port=port).argv(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        except OSError as err:
+            raise LauncherError(
+                f"Cannot start {args.binary} ({err.strerror}); install it with "
+                "'llama-launcher install-server' or give --llama-server PATH."
+            ) from err
     try:
         _wait_healthy(proc, port, load_timeout_s, log)
         _completion(port, 4, 60.0)  # warm-up: first-call allocations
+        if on_loaded is not None:
+            on_loaded(proc.pid)
         rates = []
         for users in batches:
             with concurrent.futures.ThreadPoolExecutor(users) as pool:
