@@ -3,12 +3,13 @@
 Three short llama-server runs per kind of card (or on the CPU when the box has none), each on a
 sparse synthetic model written once into the cache (no download, no disk used for weights):
 
-- two *thin* models (llama, 256 wide) of 16 and 64 layers, one user each: nearly nothing to
-  read or multiply, so their step times are the host's fixed cost per step and per layer;
+- two *thin* models (llama, 256 wide) of 16 and 64 layers: nearly nothing to read or
+  multiply, so their step times are the host's fixed cost per step and per layer, and (16
+  users on the thin model) per user;
 - a *probe* model (the llama 8B shape on a card, 1B on the CPU) at one user and at a batch:
   the one-user step gives the bandwidth reached, the batch the compute reached.
 
-The four (CPU: five) points are fitted with the same functions that fitted the boxes in
+The five points are fitted with the same functions that fitted the boxes in
 ``plan/fits.toml``; the result is stored in ``<state>/calibration/HOST.json`` and planning on
 this box uses it (the plan says "measured here") until a full ``bench`` corrects it further.
 """
@@ -34,6 +35,7 @@ from launcher.model.spec import ModelSpec, read_model_spec
 from launcher.plan import fits
 from launcher.plan.fits import Calibration, CpuConstants, GpuConstants, Point
 from launcher.plan.layouts import Process
+from launcher.plan.perf import FLOPS_PER_BYTE_S, TENSOR_FLOPS_PER_BYTE_S
 from launcher.run import microbench
 from launcher.run.server_binary import find_server, find_vocab
 
@@ -184,22 +186,22 @@ def run_process(
 
 
 def _fit_gpu(points: list[Point], card: GpuCard) -> GpuConstants:
-    """The four constants the four points determine; a solution outside physics (a noisy
-    host) keeps the fitted family's bandwidth and compute efficiency and measures the rest."""
+    """The host's costs and the bandwidth reached, from the points; the compute efficiencies
+    stay the fitted family's (a few tokens cannot tell them apart from the rest)."""
     family, _ = fits.gpu_constants(card)
     bandwidth = card.memory_bandwidth_bytes_s or 300e9
-    flops = fits.card_flops(card) or bandwidth * 20
-    rows = [list(p.terms(bandwidth, flops)) for p in points]
-    values = [p.users / p.tok_s for p in points]
+    flops = fits.card_flops(card) or bandwidth * FLOPS_PER_BYTE_S
+    tensor_flops = fits.card_tensor_flops(card) or bandwidth * TENSOR_FLOPS_PER_BYTE_S
+    keep = ("compute_eff", "tensor_core_eff")
     try:
-        step_s, layer_s, inv_eff, inv_ce = fits.solve(rows, values)
-        if step_s >= 0 and layer_s > 0 and 0.8 < inv_eff < 20 and inv_ce > 0:
-            return GpuConstants(step_s, layer_s, 1 / inv_eff, 1 / inv_ce)
+        measured = fits.fit_gpu(points, bandwidth, flops, tensor_flops, family, keep)
     except ValueError:
-        pass
-    thin = [p for p in points if p.weight_bytes < 0.05 * max(q.weight_bytes for q in points)]
-    step_s, layer_s = fits.solve([[1.0, p.layers] for p in thin], [1 / p.tok_s for p in thin])
-    return GpuConstants(max(step_s, 0.0), max(layer_s, 0.0), family.efficiency, family.compute_eff)
+        return family
+    if min(measured.step_s, measured.layer_s, measured.user_s) < 0 or not (
+        0.05 < measured.efficiency <= 1.0
+    ):
+        return family  # a noisy host: nothing measured can be trusted
+    return measured
 
 
 def measure(
@@ -220,7 +222,7 @@ def measure(
     probe = _model(f"llama-{probe_size}", synthetic.shape_for("llama", probe_size), llama_server)
     logs = paths.state_dir() / "calibration" / "logs"
     measured = []
-    steps = [("thin", m, (1,)) for m in thin]
+    steps = [("thin", thin[0], (1, GPU_BATCH)), ("thin", thin[1], (1,))]
     targets: list[tuple[str | None, GpuCard | None]] = list(kinds.items()) or [(None, None)]
     for name, card in targets:
         what = f"{name} (card {card.index})" if card else f"the CPU ({cpu_cores} threads)"

@@ -104,10 +104,17 @@ def run_case(case: dict[str, Any], logs: Path) -> list[Row]:
         before = _used(process.cards)
         memory: list[tuple[int, int, int]] = []
 
-        def loaded(pid: int, layout: Layout = layout, before: dict[int, int] = before) -> None:
+        def loaded(
+            pid: int,
+            layout: Layout = layout,
+            before: dict[int, int] = before,
+            memory: list[tuple[int, int, int]] = memory,
+        ) -> None:
             if layout.cards:
                 after = _used(list(before), pid)
-                own = any(p.pid == pid for c in hardware.inventory().local.cards for p in c.processes)
+                own = any(
+                    p.pid == pid for c in hardware.inventory().local.cards for p in c.processes
+                )
                 memory.extend(
                     (c.card, c.total_bytes, after[c.card] - (0 if own else before[c.card]))
                     for c in layout.cards

@@ -30,9 +30,12 @@ class CatalogCard:
     compute_capability: tuple[int, int]
     source: str
     nvlink: bool = False
-    # FP32 throughput of the CUDA cores, 10^12 FLOP/s, from the same sheets: decode at small
-    # batches runs llama.cpp's int8 dot-product kernels on those cores, not the tensor cores
+    # FP32 throughput of the CUDA cores, 10^12 FLOP/s, from the same sheets: decode of up to 8
+    # tokens at once runs llama.cpp's int8 dot-product kernels (MMVQ) on those cores
     tflops: float = 0.0
+    # dense FP16 tensor-core throughput (FP16 accumulate), 10^12 FLOP/s: larger batches run
+    # the tensor-core kernels (MMQ); cards without tensor cores carry their FP32 figure
+    tensor_tflops: float = 0.0
 
     @property
     def vram_bytes(self) -> int:
@@ -60,6 +63,7 @@ CATALOG: dict[str, CatalogCard] = {
             (7, 5),
             f"{_GEFORCE} (GTX 1660: 6 GB GDDR5, 192-bit, 8 Gbps); {_CUDA}",
             tflops=5.0,
+            tensor_tflops=10.1,
         ),
         CatalogCard(
             "rtx-2060-super",
@@ -72,6 +76,7 @@ CATALOG: dict[str, CatalogCard] = {
             (7, 5),
             f"{_GEFORCE} (RTX 2060 SUPER: 8 GB GDDR6, 256-bit, 14 Gbps); {_CUDA}",
             tflops=7.2,
+            tensor_tflops=57.4,
         ),
         CatalogCard(
             "rtx-3060-12gb",
@@ -84,6 +89,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 6),
             f"{_GEFORCE} (RTX 3060: 12 GB GDDR6, 192-bit, 15 Gbps); {_CUDA}",
             tflops=12.7,
+            tensor_tflops=51.2,
         ),
         CatalogCard(
             "rtx-3060-ti",
@@ -96,6 +102,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 6),
             f"{_GEFORCE} (RTX 3060 Ti: 8 GB GDDR6, 256-bit, 14 Gbps); {_CUDA}",
             tflops=16.2,
+            tensor_tflops=64.8,
         ),
         CatalogCard(
             "rtx-3070",
@@ -108,6 +115,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 6),
             f"{_GEFORCE} (RTX 3070: 8 GB GDDR6, 256-bit, 14 Gbps); {_CUDA}",
             tflops=20.3,
+            tensor_tflops=81.3,
         ),
         CatalogCard(
             "rtx-3080",
@@ -120,6 +128,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 6),
             f"{_GEFORCE} (RTX 3080 10GB: GDDR6X, 320-bit, 19 Gbps); {_CUDA}",
             tflops=29.8,
+            tensor_tflops=119.0,
         ),
         CatalogCard(
             "rtx-3090",
@@ -133,6 +142,7 @@ CATALOG: dict[str, CatalogCard] = {
             f"{_GEFORCE} (RTX 3090: 24 GB GDDR6X, 384-bit, 19.5 Gbps); {_CUDA}",
             nvlink=True,
             tflops=35.6,
+            tensor_tflops=142.0,
         ),
         CatalogCard(
             "rtx-4060",
@@ -145,6 +155,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 9),
             f"{_GEFORCE} (RTX 4060: 8 GB GDDR6, 128-bit, 17 Gbps, PCIe 4.0 x8); {_CUDA}",
             tflops=15.1,
+            tensor_tflops=60.5,
         ),
         CatalogCard(
             "rtx-4060-ti-16gb",
@@ -157,6 +168,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 9),
             f"{_GEFORCE} (RTX 4060 Ti 16GB: GDDR6, 128-bit, 18 Gbps, PCIe 4.0 x8); {_CUDA}",
             tflops=22.1,
+            tensor_tflops=88.4,
         ),
         CatalogCard(
             "rtx-4070",
@@ -169,6 +181,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 9),
             f"{_GEFORCE} (RTX 4070: 12 GB GDDR6X, 192-bit, 21 Gbps); {_CUDA}",
             tflops=29.1,
+            tensor_tflops=116.6,
         ),
         CatalogCard(
             "rtx-4090",
@@ -181,6 +194,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 9),
             f"{_GEFORCE} (RTX 4090: 24 GB GDDR6X, 384-bit, 21 Gbps); {_CUDA}",
             tflops=82.6,
+            tensor_tflops=330.3,
         ),
         CatalogCard(
             "rtx-5060-ti-16gb",
@@ -193,6 +207,7 @@ CATALOG: dict[str, CatalogCard] = {
             (12, 0),
             f"{_GEFORCE} (RTX 5060 Ti 16GB: GDDR7, 128-bit, 28 Gbps, PCIe 5.0 x8); {_CUDA}",
             tflops=23.7,
+            tensor_tflops=94.8,
         ),
         CatalogCard(
             "rtx-5090",
@@ -205,6 +220,7 @@ CATALOG: dict[str, CatalogCard] = {
             (12, 0),
             f"{_GEFORCE} (RTX 5090: 32 GB GDDR7, 512-bit, 28 Gbps); {_CUDA}",
             tflops=104.8,
+            tensor_tflops=419.0,
         ),
         CatalogCard(
             "rtx-pro-6000-96gb",
@@ -218,6 +234,7 @@ CATALOG: dict[str, CatalogCard] = {
             "NVIDIA RTX PRO 6000 Blackwell Workstation Edition datasheet "
             f"(96 GB GDDR7 ECC, 512-bit, 1792 GB/s); {_CUDA}",
             tflops=126.0,
+            tensor_tflops=503.8,
         ),
         CatalogCard(
             "tesla-p40",
@@ -230,6 +247,7 @@ CATALOG: dict[str, CatalogCard] = {
             (6, 1),
             f"NVIDIA Tesla P40 datasheet (24 GB GDDR5, 384-bit, 346 GB/s); {_CUDA}",
             tflops=11.8,
+            tensor_tflops=11.8,
         ),
         CatalogCard(
             "l40s",
@@ -242,6 +260,7 @@ CATALOG: dict[str, CatalogCard] = {
             (8, 9),
             f"NVIDIA L40S datasheet (48 GB GDDR6 ECC, 864 GB/s); {_CUDA}",
             tflops=91.6,
+            tensor_tflops=362.1,
         ),
         CatalogCard(
             "a100-80gb",
@@ -255,6 +274,7 @@ CATALOG: dict[str, CatalogCard] = {
             f"NVIDIA A100 datasheet (80 GB HBM2e SXM, 2039 GB/s, NVLink 600 GB/s); {_CUDA}",
             nvlink=True,
             tflops=19.5,
+            tensor_tflops=312.0,
         ),
         CatalogCard(
             "h100-80gb",
@@ -268,6 +288,7 @@ CATALOG: dict[str, CatalogCard] = {
             f"NVIDIA H100 datasheet (80 GB HBM3 SXM, 3.35 TB/s, NVLink 900 GB/s); {_CUDA}",
             nvlink=True,
             tflops=67.0,
+            tensor_tflops=989.0,
         ),
         CatalogCard(
             "h200-141gb",
@@ -281,6 +302,7 @@ CATALOG: dict[str, CatalogCard] = {
             f"NVIDIA H200 datasheet (141 GB HBM3e SXM, 4.8 TB/s, NVLink 900 GB/s); {_CUDA}",
             nvlink=True,
             tflops=67.0,
+            tensor_tflops=989.0,
         ),
     ]
 }

@@ -71,6 +71,11 @@ class Basis:
         return {"kind": self.kind, "detail": self.detail, "error_pct": self.error_pct}
 
 
+# llama.cpp multiplies up to this many tokens at once with its dot-product kernels on the CUDA
+# cores (MMVQ); larger batches go to the tensor-core kernels (MMQ): ggml-cuda/mmvq.cuh
+MMVQ_MAX_BATCH = 8
+
+
 @dataclass(frozen=True)
 class Point:
     """One measured decode rate and what that step had to do (one worker, one card)."""
@@ -83,34 +88,73 @@ class Point:
     kv_bytes: float  # KV bytes one user's step reads
     params: float  # parameters multiplied per token
 
-    def terms(self, bandwidth: float, flops: float) -> tuple[float, float, float, float]:
-        """(1, layers, seconds at full bandwidth, seconds at full FLOPs) of one step."""
+    def terms(
+        self, bandwidth: float, flops: float, tensor_flops: float | None = None
+    ) -> tuple[float, float, float, float, float, float]:
+        """One step's parts at full speed, the coefficients of ``GpuConstants``: (1, layers,
+        seconds at full bandwidth, users, seconds at full CUDA-core FLOPs (batches up to
+        ``MMVQ_MAX_BATCH``), seconds at full tensor-core FLOPs (larger batches))."""
         read = self.weight_bytes + self.users * self.kv_bytes
-        return 1.0, float(self.layers), read / bandwidth, self.users * 2 * self.params / flops
+        work = self.users * 2 * self.params
+        small = self.users <= MMVQ_MAX_BATCH
+        return (
+            1.0,
+            float(self.layers),
+            read / bandwidth,
+            float(self.users),
+            work / flops if small else 0.0,
+            0.0 if small else work / (tensor_flops or flops),
+        )
 
 
 @dataclass(frozen=True)
 class GpuConstants:
-    """The decode model's constants for one kind of card on one host."""
+    """The decode model's constants for one kind of card on one host (the names are the
+    coefficients of ``Point.terms``)."""
 
-    step_s: float  # fixed cost per decode step (host: scheduling, sampling, synchronisation)
+    step_s: float  # fixed cost per decode step (host: scheduling, synchronisation)
     layer_s: float  # per layer per step (kernel launches)
     efficiency: float  # share of the peak memory bandwidth that weight streaming reaches
-    compute_eff: float  # share of the peak FLOPs batched decode reaches
+    user_s: float  # per user per step: sampling and the server's per-sequence work
+    compute_eff: float  # share of the CUDA cores' FP32 FLOPs that batches up to 8 reach
+    tensor_core_eff: float  # share of the tensor cores' FLOPs that larger batches reach
     tensor_step_s: float = 2.0e-3  # -sm tensor: fixed cost per step
-    tensor_layer_s: float = 39.5e-6  # -sm tensor: per layer over NVLink, all-reduces included
+    tensor_layer_s: float = 39.5e-6  # -sm tensor: per layer, its two all-reduces included
     tensor_compute_eff: float = 0.4  # how well -sm tensor divides the per-user compute
+
+    @property
+    def coefficients(self) -> tuple[float, float, float, float, float, float]:
+        """Seconds per unit of each of ``Point.terms``."""
+        return (
+            self.step_s,
+            self.layer_s,
+            1 / self.efficiency,
+            self.user_s,
+            1 / self.compute_eff,
+            1 / self.tensor_core_eff,
+        )
+
+    def step(self, p: Point, bandwidth: float, flops: float, tensor_flops: float) -> float:
+        """Seconds of one step of ``p`` on one card."""
+        terms = p.terms(bandwidth, flops, tensor_flops)
+        return sum(c * t for c, t in zip(self.coefficients, terms, strict=True))
+
+
+_NAMES = ("step_s", "layer_s", "efficiency", "user_s", "compute_eff", "tensor_core_eff")
 
 
 @dataclass(frozen=True)
 class GpuBox:
-    """A box the GPU constants were fitted on."""
+    """A box the GPU constants were fitted on (``fixed``: constants taken from another box of
+    the family because this one's points do not determine them)."""
 
     name: str
     card: str  # catalog id
     source: str
     constants: GpuConstants
     points: tuple[Point, ...] = field(default=())
+    bandwidth_gb_s: float = 0.0  # as measured there (NVML); 0: the catalog's
+    fixed: tuple[str, ...] = ()
 
     @property
     def catalog(self) -> CatalogCard:
@@ -180,6 +224,8 @@ def load(path: Path = FITS_FILE) -> Fits:
             source=b["source"],
             constants=GpuConstants(**b["constants"]),
             points=tuple(_point(p) for p in b.get("points", [])),
+            bandwidth_gb_s=b.get("bandwidth_gb_s", 0.0),
+            fixed=tuple(b.get("fixed", [])),
         )
         for b in data.get("gpu", [])
     )
@@ -259,18 +305,37 @@ def solve(rows: Sequence[Sequence[float]], values: Sequence[float]) -> list[floa
 
 
 def fit_gpu(
-    points: Sequence[Point], bandwidth: float, flops: float, step_s: float = 0.0
+    points: Sequence[Point],
+    bandwidth: float,
+    flops: float,
+    tensor_flops: float,
+    fixed: GpuConstants | None = None,
+    keep: Sequence[str] = (),
 ) -> GpuConstants:
-    """Per-layer cost, bandwidth and compute efficiency that best give ``points``' step times
-    (``step_s`` held fixed: one box's points rarely separate it from the per-layer cost)."""
+    """The constants that best give ``points``' step times (least squares); those named in
+    ``keep`` are taken from ``fixed`` (a box whose points do not determine them all)."""
+    free = [i for i, name in enumerate(_NAMES) if name not in keep]
+    held = fixed.coefficients if fixed else (0.0,) * len(_NAMES)
     rows = []
     values = []
     for p in points:
-        _, layers, read_s, compute_s = p.terms(bandwidth, flops)
-        rows.append([layers, read_s, compute_s])
-        values.append(p.users / p.tok_s - step_s)
-    layer_s, inv_eff, inv_ce = solve(rows, values)
-    return GpuConstants(step_s, layer_s, 1 / inv_eff, 1 / inv_ce)
+        terms = p.terms(bandwidth, flops, tensor_flops)
+        rows.append([terms[i] for i in free])
+        values.append(
+            p.users / p.tok_s - sum(held[i] * terms[i] for i in range(len(_NAMES)) if i not in free)
+        )
+    solved = dict(zip(free, solve(rows, values), strict=True))
+    coefficients = [solved.get(i, held[i]) for i in range(len(_NAMES))]
+    base = fixed or GpuConstants(0.0, 0.0, 1.0, 0.0, 1.0, 1.0)
+    return replace(
+        base,
+        step_s=coefficients[0],
+        layer_s=coefficients[1],
+        efficiency=1 / coefficients[2],
+        user_s=coefficients[3],
+        compute_eff=1 / coefficients[4],
+        tensor_core_eff=1 / coefficients[5],
+    )
 
 
 def fit_cpu(points: Sequence[Point], threads: int, host_bw: float) -> CpuConstants:
@@ -317,13 +382,21 @@ def card_flops(card: GpuCard) -> float | None:
     return entry.tflops * 1e12 if entry and entry.tflops else None
 
 
+def card_tensor_flops(card: GpuCard) -> float | None:
+    """Peak dense FP16 tensor-core FLOP/s of ``card``, from the catalog (None: not listed)."""
+    entry = catalog_entry(card)
+    return entry.tensor_tflops * 1e12 if entry and entry.tensor_tflops else None
+
+
 def _average(boxes: Sequence[GpuBox]) -> GpuConstants:
     c = [b.constants for b in boxes]
     return GpuConstants(
         statistics.fmean(x.step_s for x in c),
         statistics.fmean(x.layer_s for x in c),
         statistics.fmean(x.efficiency for x in c),
+        statistics.fmean(x.user_s for x in c),
         statistics.fmean(x.compute_eff for x in c),
+        statistics.fmean(x.tensor_core_eff for x in c),
         statistics.fmean(x.tensor_step_s for x in c),
         statistics.fmean(x.tensor_layer_s for x in c),
         statistics.fmean(x.tensor_compute_eff for x in c),
@@ -350,20 +423,14 @@ def gpu_constants(card: GpuCard, fits: Fits | None = None) -> tuple[GpuConstants
 
 
 def cpu_constants(threads: int, fits: Fits | None = None) -> tuple[CpuConstants, Basis]:
-    """CPU constants for a host never measured: the fitted hosts' per-thread figures."""
+    """CPU constants for a host never measured: those of the fitted host whose thread count is
+    nearest (threads do not add up linearly: a 32-thread host reached a quarter of the
+    2-thread host's FLOP/s per thread), the host bandwidth assumed (``UNMEASURED_HOST_BW``)."""
     fits = fits or load()
-    c = [b.constants for b in fits.cpu]
-    names = ", ".join(b.name for b in fits.cpu)
+    nearest = min(fits.cpu, key=lambda b: abs(math.log(b.cores / max(threads, 1))))
     return (
-        CpuConstants(
-            statistics.fmean(x.step_s for x in c),
-            statistics.fmean(x.layer_s for x in c),
-            statistics.fmean(x.thread_bw for x in c),
-            UNMEASURED_HOST_BW,
-            statistics.fmean(x.thread_flops for x in c),
-            statistics.fmean(x.user_s for x in c),
-        ),
-        Basis("cpu", f"this CPU never measured; fitted on {names}"),
+        replace(nearest.constants, host_bw=UNMEASURED_HOST_BW),
+        Basis("cpu", f"this CPU never measured; as {nearest.name}"),
     )
 
 
@@ -374,7 +441,9 @@ def with_measured(constants: GpuConstants, measured: GpuConstants) -> GpuConstan
         step_s=measured.step_s,
         layer_s=measured.layer_s,
         efficiency=measured.efficiency,
+        user_s=measured.user_s,
         compute_eff=measured.compute_eff,
+        tensor_core_eff=measured.tensor_core_eff,
     )
 
 

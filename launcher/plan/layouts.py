@@ -197,6 +197,7 @@ def _stages(ctx: _Ctx, cards: Sequence[GpuCard], memory: Sequence[CardMemory]) -
                 link_bytes_s=card.pcie.max_bytes_s,
                 nvlink=card.index in nvlinked,
                 flops=fits.card_flops(card),
+                tensor_flops=fits.card_tensor_flops(card),
                 expert_bytes=experts,
                 n_expert=spec.n_expert,
                 n_expert_used=spec.n_expert_used,
@@ -553,6 +554,7 @@ def cpu_workers(ctx: _Ctx, n: int) -> Layout:
         w.n_ubatch,
         ctx.host.info.cpu_flags,
         w.flash_attn,
+        cuda_build=bool(ctx.host.cards),
     )
     for i in range(n):
         slots = max(users[i], 1)

@@ -39,6 +39,9 @@ FA_OFF_BASE = 5 * MIB  # without flash attention: scores + half the buffer + thi
 # a CPU worker's own memory beyond its buffers (tokenizer, server state, libraries): its RSS
 # less the buffers llama.cpp reports was 0 to 100 MiB over seven models on the CI box
 CPU_RUNTIME_BYTES = 48 * MIB
+# a CUDA build of llama-server maps its CUDA libraries even for a CPU worker: RSS 245-276 MiB
+# above the plan on the 2x H200 box (docs/validation/2026-11-30-h200-speed-holdout.md)
+CUDA_LIBRARIES_BYTES = 256 * MIB
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 CELL_PAD = 256
 # -sm tensor holds more per card than its share of weights, KV and compute: fitted on 4x H100
@@ -293,8 +296,10 @@ def cpu_worker_bytes(
     n_ubatch: int = 512,
     cpu_flags: Sequence[str] = (),
     flash_attn: bool = True,
+    cuda_build: bool = False,
 ) -> CpuWorkerMemory:
-    """What one CPU worker serving ``slots`` streams of ``ctx`` tokens holds in RAM."""
+    """What one CPU worker serving ``slots`` streams of ``ctx`` tokens holds in RAM
+    (``cuda_build``: the llama-server is built with CUDA, as on a box with cards)."""
     kv = sum(kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) for il in range(spec.n_layer))
     return CpuWorkerMemory(
         shared_bytes=spec.weights_bytes,
@@ -302,6 +307,7 @@ def cpu_worker_bytes(
         kv_bytes=kv,
         compute_bytes=compute_buffer_bytes(spec, n_ubatch, False, flash_attn, ctx),
         output_bytes=slots * spec.n_vocab * 4,  # one row of logits per stream
+        runtime_bytes=CPU_RUNTIME_BYTES + (CUDA_LIBRARIES_BYTES if cuda_build else 0),
     )
 
 

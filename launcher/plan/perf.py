@@ -3,8 +3,10 @@
 One decode step of a worker serving B users, summed over the cards of a layer split:
 
     step(B) = step_s + layers x layer_s                        host: scheduling, kernel launches
+              + B x user_s                                      host: sampling, per-sequence work
               + (weights read at B + B x KV read) / (bandwidth x efficiency)
-              + B x 2 x params per token / (FLOPs x compute_eff)
+              + B x 2 x params per token / (FP32 FLOPs x compute_eff)              B <= 8
+                                     or / (tensor FLOPs x tensor_core_eff)         B > 8
               + (stages - 1) x (BOUNDARY_S + activations / link)            (layer split)
 
 Weights read at B: all dense weights, and of a mixture of experts the experts that B tokens
@@ -12,13 +14,15 @@ touch: each token picks ``k`` of ``n`` experts per layer, so B tokens touch
 ``1 - (1 - k/n)^B`` of them (one token reads k/n; 16 tokens of a 8-of-128 model read 64%).
 KV read: each user's cache up to its current context. A tensor split runs its cards in
 parallel (the slowest sets the step) and pays two all-reduces per layer over its slowest link.
-Tokens/s = B / step(B). Prompt processing is compute bound, plus activation transfers over
+Up to 8 tokens llama.cpp multiplies with dot-product kernels on the CUDA cores (MMVQ),
+more with the tensor cores (MMQ): that is where batches get cheap. Tokens/s = B / step(B).
+Prompt processing is compute bound, plus activation transfers over
 PCIe (which is where x1 risers hurt).
 
 The constants (``GpuConstants``, ``CpuConstants``) are data: ``plan/fits.py`` reads the boxes
 they were fitted on from ``fits.toml``, or takes what ``plan --measure`` measured here.
-A card's FLOPs are its catalog FP32 figure; a card the catalog lacks gets ``FLOPS_PER_BYTE_S`` times
-its bandwidth (the H100's ratio).
+A card's FLOPs are its catalog figures (FP32, tensor); a card the catalog lacks gets the
+H100's ratios to its bandwidth (``FLOPS_PER_BYTE_S``, ``TENSOR_FLOPS_PER_BYTE_S``).
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from launcher.plan.fits import CpuConstants, GpuConstants, Point, experts_touched
+from launcher.plan.fits import MMVQ_MAX_BATCH, CpuConstants, GpuConstants, Point, experts_touched
 
 BOUNDARY_S = 100e-6  # hand-off between two stages of a layer split, per step
 PCIE_ALLREDUCE_S = 150e-6  # one all-reduce through PCIe and host memory (assumed, not measured)
 ACT_BYTES = 4  # f32 activations
 FLOPS_PER_BYTE_S = 67e12 / 3.35e12  # H100 SXM: FP32 FLOP/s per byte/s of bandwidth
+TENSOR_FLOPS_PER_BYTE_S = 989e12 / 3.35e12  # and its dense FP16 tensor FLOP/s
 # prompt processing (tensor cores) per FP32 FLOP/s of the card (48 FLOP per byte/s of an H100)
 PP_COMPUTE_EFF = 48.0 / FLOPS_PER_BYTE_S
 
@@ -47,6 +52,7 @@ class Stage:
     link_bytes_s: float | None  # PCIe link to the next stage / the host (None: unknown)
     nvlink: bool = False
     flops: float | None = None  # peak FP32 FLOP/s (None: from the bandwidth)
+    tensor_flops: float | None = None  # peak dense FP16 tensor FLOP/s (None: from the bandwidth)
     expert_bytes: int = 0  # all expert weights on this card (mixture of experts)
     n_expert: int = 0
     n_expert_used: int = 0
@@ -54,6 +60,17 @@ class Stage:
     @property
     def peak_flops(self) -> float:
         return self.flops or self.bandwidth_bytes_s * FLOPS_PER_BYTE_S
+
+    @property
+    def peak_tensor_flops(self) -> float:
+        return self.tensor_flops or self.bandwidth_bytes_s * TENSOR_FLOPS_PER_BYTE_S
+
+    def compute_s(self, batch: int, c: GpuConstants) -> float:
+        """Seconds of multiplying ``batch`` tokens here (CUDA cores up to 8, else tensor)."""
+        work = batch * 2 * self.active_params
+        if batch <= MMVQ_MAX_BATCH:
+            return work / (self.peak_flops * c.compute_eff)
+        return work / (self.peak_tensor_flops * c.tensor_core_eff)
 
     def weights_read(self, batch: int) -> float:
         """Weight bytes one step of ``batch`` tokens reads here."""
@@ -86,8 +103,7 @@ def _link(stage: Stage) -> float:
 
 def _card_time(s: Stage, c: GpuConstants, batch: int, kv_read: float, share: float) -> float:
     read = s.weights_read(batch) + batch * kv_read * share
-    compute = batch * 2 * s.active_params / (s.peak_flops * c.compute_eff)
-    return read / (s.bandwidth_bytes_s * c.efficiency) + compute
+    return read / (s.bandwidth_bytes_s * c.efficiency) + s.compute_s(batch, c)
 
 
 def layer_split_step(
@@ -98,7 +114,7 @@ def layer_split_step(
     kv_read_bytes: float = 0.0,
 ) -> float:
     """Seconds per decode step of a layer split (one stage = a single card)."""
-    step = c.step_s
+    step = c.step_s + batch * c.user_s
     total_weights = sum(s.weight_bytes + s.expert_bytes for s in stages) or 1
     for s in stages:
         share = (s.weight_bytes + s.expert_bytes) / total_weights
@@ -122,11 +138,10 @@ def tensor_split_step(
     for s in stages:
         share = (s.weight_bytes + s.expert_bytes) / total_weights
         t = _card_time(s, c, batch, kv_read_bytes, share)
-        t_compute = batch * 2 * s.active_params / (s.peak_flops * c.compute_eff)
-        t += t_compute * (1 / c.tensor_compute_eff - 1)
+        t += s.compute_s(batch, c) * (1 / c.tensor_compute_eff - 1)
         slowest = max(slowest, t)
     n = len(stages)
-    base = slowest + c.step_s + c.tensor_step_s
+    base = slowest + c.step_s + batch * c.user_s + c.tensor_step_s
     if all(s.nvlink for s in stages):
         return base + n_layer * c.tensor_layer_s
     link = min(_link(s) for s in stages)
