@@ -167,7 +167,8 @@ def test_8b_on_six_2060s_on_risers_per_card_wins_for_many_users(
     per_card = layout(result, "per-card")
     assert per_card.workers == 6  # type: ignore[attr-defined]
     pooled = layout(result, "pooled-layer")
-    assert per_card.throughput.aggregate_tok_s > 3 * pooled.throughput.aggregate_tok_s  # type: ignore[attr-defined]
+    # six workers of 4 users each against one of 24 (whose batch runs on the tensor cores)
+    assert per_card.throughput.aggregate_tok_s > 2.5 * pooled.throughput.aggregate_tok_s  # type: ignore[attr-defined]
     # x1 risers show where they matter: a tensor split's prompt processing...
     x16_cards = tuple(
         dataclasses.replace(c, pcie=dataclasses.replace(c.pcie, width_max=16, width_current=16))

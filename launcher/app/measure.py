@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -195,6 +195,9 @@ def _fit_gpu(points: list[Point], card: GpuCard) -> GpuConstants:
     keep = ("compute_eff", "tensor_core_eff")
     try:
         measured = fits.fit_gpu(points, bandwidth, flops, tensor_flops, family, keep)
+        if measured.step_s < 0:  # within noise of none: hold it at zero, fit the rest
+            base = replace(family, step_s=0.0)
+            measured = fits.fit_gpu(points, bandwidth, flops, tensor_flops, base, ("step_s", *keep))
     except ValueError:
         return family
     if min(measured.step_s, measured.layer_s, measured.user_s) < 0 or not (

@@ -218,9 +218,10 @@ def read_model_spec(path: Path) -> ModelSpec:
     embd = by_name["token_embd.weight"]
     tied = "output.weight" not in by_name
     matmul: dict[str, list[int]] = {}
+    output_name = "token_embd.weight" if tied else "output.weight"  # a tied head reuses it
     for t in tensors:
         is_block = _BLOCK.match(t.name) is not None and len(t.shape) in (2, 3)
-        if (is_block and t.name.endswith(".weight")) or t.name == "output.weight":
+        if (is_block and t.name.endswith(".weight")) or t.name == output_name:
             rows = t.shape[1] if len(t.shape) > 1 else 0
             entry = matmul.setdefault(gf.GGML_TYPES[t.type_id][0], [0, 0])
             entry[0] += t.nbytes if rows % 8 == 0 else 0

@@ -140,7 +140,7 @@ class GpuConstants:
         return sum(c * t for c, t in zip(self.coefficients, terms, strict=True))
 
 
-_NAMES = ("step_s", "layer_s", "efficiency", "user_s", "compute_eff", "tensor_core_eff")
+FITTED_NAMES = ("step_s", "layer_s", "efficiency", "user_s", "compute_eff", "tensor_core_eff")
 
 
 @dataclass(frozen=True)
@@ -314,18 +314,19 @@ def fit_gpu(
 ) -> GpuConstants:
     """The constants that best give ``points``' step times (least squares); those named in
     ``keep`` are taken from ``fixed`` (a box whose points do not determine them all)."""
-    free = [i for i, name in enumerate(_NAMES) if name not in keep]
-    held = fixed.coefficients if fixed else (0.0,) * len(_NAMES)
+    free = [i for i, name in enumerate(FITTED_NAMES) if name not in keep]
+    held = fixed.coefficients if fixed else (0.0,) * len(FITTED_NAMES)
     rows = []
     values = []
     for p in points:
         terms = p.terms(bandwidth, flops, tensor_flops)
         rows.append([terms[i] for i in free])
         values.append(
-            p.users / p.tok_s - sum(held[i] * terms[i] for i in range(len(_NAMES)) if i not in free)
+            p.users / p.tok_s
+            - sum(held[i] * terms[i] for i in range(len(FITTED_NAMES)) if i not in free)
         )
     solved = dict(zip(free, solve(rows, values), strict=True))
-    coefficients = [solved.get(i, held[i]) for i in range(len(_NAMES))]
+    coefficients = [solved.get(i, held[i]) for i in range(len(FITTED_NAMES))]
     base = fixed or GpuConstants(0.0, 0.0, 1.0, 0.0, 1.0, 1.0)
     return replace(
         base,

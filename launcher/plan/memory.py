@@ -36,6 +36,11 @@ CPU_COMPUTE_PER_FF = 3.222 * 4
 CPU_COMPUTE_PER_EMBD = 3.333 * 4
 CPU_COMPUTE_BASE = int(3.11 * MIB)
 FA_OFF_BASE = 5 * MIB  # without flash attention: scores + half the buffer + this
+# a quantized KV cache with flash attention on a card: llama.cpp converts K and V to f16 for
+# the kernel; 159 MiB more than the f16 plan on the H200 (8b shape, 16 x 4096 tokens, q8_0),
+# ~175 MiB in the check that opened issue 21: one constant until more is measured (a
+# -sm tensor worker did not show it)
+QUANT_KV_GPU_BYTES = 160 * MIB
 # a CPU worker's own memory beyond its buffers (tokenizer, server state, libraries): its RSS
 # less the buffers llama.cpp reports was 0 to 100 MiB over seven models on the CI box
 CPU_RUNTIME_BYTES = 48 * MIB
@@ -116,6 +121,7 @@ def compute_buffer_bytes(
     gpu: bool = True,
     flash_attn: bool = True,
     ctx_per_slot: int = 4096,
+    kv_type: str = "f16",
 ) -> int:
     """Compute buffer of one device, plus the CUDA context when ``gpu``."""
     if gpu:
@@ -127,7 +133,9 @@ def compute_buffer_bytes(
         )
     if not flash_attn:
         scores = spec.n_head * _pad(ctx_per_slot) * n_ubatch * 4
-        buffer = scores + buffer // 2 + FA_OFF_BASE
+        buffer = max(buffer, scores + buffer // 2 + FA_OFF_BASE)
+    if gpu and kv_type != "f16":
+        buffer += QUANT_KV_GPU_BYTES
     return buffer + (CUDA_CONTEXT_BYTES if gpu else 0)
 
 
@@ -220,7 +228,7 @@ def layer_split_memory(
                 tuple(layers),
                 weights,
                 kv,
-                compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx),
+                compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx, kv_type),
                 free,
             )
         )
@@ -257,6 +265,8 @@ def tensor_split_memory(
             tuple(range(spec.n_layer + 1)),
             int(weights * s / total),
             int(kv * s / total),
+            # no quantized-KV term: the 70B -sm tensor q8_0 worker on the H200 matched the plan
+            # without it (22966 MiB against 22964)
             compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx) + TENSOR_SPLIT_EXTRA_BYTES,
             free,
         )
@@ -334,7 +344,7 @@ def balanced_shares(
         + (kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) if il < spec.n_layer else 0)
         for il in range(total_layers)
     ]
-    fixed = compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx)
+    fixed = compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx, kv_type)
     budget = [f - fixed for f in free]
     # target: equal headroom h with sum(used) = sum(per_layer) -> h = (sum(budget)-need)/n
     need = sum(per_layer)
