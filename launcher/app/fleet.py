@@ -325,7 +325,7 @@ def _plan_box(
             )
         )
     goal = spec.groups[0].goal
-    result = plan_box(requests, box, target, goal, spec.router.port)
+    result = plan_box(requests, box, target, goal, spec.router.port, planning.calibration_for(box))
     best = result.best
     if best is None or best.missing:
         raise LauncherError(

@@ -15,6 +15,7 @@ from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec, read_mmproj_bytes, read_model_spec
 from launcher.plan.advisor import Plan, plan
 from launcher.plan.box import BoxResult, ModelRequest, plan_box
+from launcher.plan.fits import Calibration
 from launcher.plan.layouts import DEFAULT_ROUTER_PORT, select_cards
 from launcher.plan.split import parse_split
 from launcher.plan.workload import DEFAULT_CTX, DEFAULT_USERS_PER_WORKER, Workload
@@ -139,7 +140,7 @@ def plan_with(
         router_port=router_port,
         mmproj_bytes=mmproj_bytes,
         mmproj_path=str(mmproj) if mmproj else None,
-        calibration=measure.load_calibration() if inventory.source == "nvml" else None,
+        calibration=calibration_for(inventory),
     )
     keys = results.keys_for(inventory, model, target)
     flags = results.inherited_flags(result, target)
@@ -156,6 +157,22 @@ def plan_with(
     )
 
 
+def calibration_for(inventory: Inventory) -> Calibration | None:
+    """What ``plan --measure`` measured, when ``inventory`` is this box (not a profile)."""
+    return measure.load_calibration() if inventory.source == "nvml" else None
+
+
+def measure_here(
+    box: Inventory, say: measure.Say, llama_server: str | None = None
+) -> measure.Measurement:
+    """``plan --measure`` and the Plan screen's Measure: this box's decode constants, kept
+    for later plans (``app/measure.py``)."""
+    required = server.required_target(llama_server)
+    return measure.measure(
+        list(box.local.cards), box.local.info.cpu_cores, llama_server, required, say
+    )
+
+
 def plan_model(request: PlanRequest, say: measure.Say | None = None) -> PlanOutcome:
     """``plan``: read the model, take the hardware, fill in the workload, rank the layouts
     (with ``measure``, after measuring this host's constants; ``say`` shows the progress)."""
@@ -167,14 +184,7 @@ def plan_model(request: PlanRequest, say: measure.Say | None = None) -> PlanOutc
             raise LauncherError(
                 "--measure measures this box; plan for a hardware profile without it."
             )
-        required = server.required_target(request.llama_server)
-        measure.measure(
-            list(box.local.cards),
-            box.local.info.cpu_cores,
-            request.llama_server,
-            required,
-            say or (lambda _: None),
-        )
+        measure_here(box, say or (lambda _: None), request.llama_server)
     workload = default_workload(
         model,
         box.local,
@@ -396,4 +406,4 @@ def plan_models_on(
             flash_attn=flash_attn,
         )
         requests.append(ModelRequest(name, model, workload, layout))
-    return plan_box(requests, box, target, goal, router_port)
+    return plan_box(requests, box, target, goal, router_port, calibration_for(box))

@@ -34,6 +34,7 @@ from launcher.gpu.inventory import Host, Inventory
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec
 from launcher.plan import layouts as lay
+from launcher.plan.fits import Calibration
 from launcher.plan.layouts import Layout
 from launcher.plan.perf import Throughput
 from launcher.plan.workload import Workload
@@ -261,12 +262,14 @@ class _Planner:
         server: ServerTarget,
         goal: str,
         router_port: int,
+        calibration: Calibration | None = None,
     ) -> None:
         self.requests = list(requests)
         self.host = host
         self.server = server
         self.goal = goal
         self.router_port = router_port
+        self.calibration = calibration
         self.usable = [c for c in host.cards if c.usable]
         self.cpu_only = not self.usable
         # on the CPU the models share the cores
@@ -324,7 +327,13 @@ class _Planner:
             kind = "cpu:1"
         try:
             built = lay.build_layouts(
-                request.spec, host, workload, self.server, kind, self.router_port
+                request.spec,
+                host,
+                workload,
+                self.server,
+                kind,
+                self.router_port,
+                calibration=self.calibration,
             )
         except LauncherError:
             built = []
@@ -366,15 +375,17 @@ def plan_box(
     server: ServerTarget | None = None,
     goal: str = "throughput",
     router_port: int = lay.DEFAULT_ROUTER_PORT,
+    calibration: Calibration | None = None,
 ) -> BoxResult:
-    """The ranked whole-box options for ``requests`` on the inventory's first host."""
+    """The ranked whole-box options for ``requests`` on the inventory's first host (with the
+    speed constants ``calibration`` measured there, if any)."""
     if not requests:
         raise LauncherError("Give at least one model to plan.")
     names = [r.name for r in requests]
     if len(set(names)) != len(names):
         raise LauncherError(f"Two models have the same group name ({', '.join(names)}).")
     host = inventory.local
-    planner = _Planner(requests, host, server or ServerTarget(), goal, router_port)
+    planner = _Planner(requests, host, server or ServerTarget(), goal, router_port, calibration)
     start = _State(
         {c.index: lay._free(c) for c in planner.usable},
         host.info.ram_available_bytes or (1 << 50),

@@ -28,6 +28,7 @@ from launcher.model.spec import ModelSpec
 from launcher.plan.advisor import Plan
 from launcher.plan.box import BoxPlan, BoxResult
 from launcher.plan.layouts import Layout, with_tensor_split
+from launcher.plan.split import parse_split
 from launcher.plan.workload import GOALS, Workload
 from launcher.spec.fleet import FleetSpec, GroupSpec
 
@@ -146,11 +147,16 @@ class PlanPane(Widget):
             with Horizontal(classes="row"):
                 yield Button("Add to box", id="plan-box-add")
                 yield Button("Remove", id="plan-box-remove")
+                yield Button(
+                    "Measure",
+                    id="plan-measure",
+                    tooltip="measure this box's decode speed (under a minute), then plan again",
+                )
             yield Static(NO_BOX, id="plan-box")
             yield OptionList(id="plan-layouts")
             yield Input(
-                placeholder="tensor split (layers per card, e.g. 16,17): edit to see "
-                "the bars change",
+                placeholder="tensor split per card: layers (16,17) or proportions (3,1); "
+                "edit to see the bars change",
                 id="plan-split",
             )
             yield Static(id="plan-detail")
@@ -294,6 +300,34 @@ class PlanPane(Widget):
         )
         self.query_one("#plan-bench", Static).update("")
 
+    @on(Button.Pressed, "#plan-measure")
+    def _measure(self) -> None:
+        if self.inventory.source != "nvml":
+            self.query_one("#plan-status", Static).update(
+                "Measure works on this box; a hardware profile's cards are not here."
+            )
+            return
+        self.query_one("#plan-measure", Button).disabled = True
+        self._measure_worker()
+
+    @work(thread=True, exclusive=True, group="measure")
+    def _measure_worker(self) -> None:
+        status = self.query_one("#plan-status", Static)
+        try:
+            result = planning.measure_here(
+                self.inventory, lambda line: self.app.call_from_thread(status.update, line)
+            )
+            done = f"Measured this box in {result.seconds:.0f} s; the plan now uses it."
+        except LauncherError as err:
+            done = str(err)
+        self.app.call_from_thread(self._measured, done)
+
+    def _measured(self, message: str) -> None:
+        self.query_one("#plan-measure", Button).disabled = False
+        if self.spec is not None or self.box:
+            self.run_plan()
+        self.query_one("#plan-status", Static).update(message)
+
     @on(Button.Pressed, "#plan-run")
     def run_plan(self) -> None:
         if self.box:
@@ -322,10 +356,11 @@ class PlanPane(Widget):
         for r in self.result.layouts:
             t = r.layout.throughput
             fit = "" if r.layout.feasible else "  [does not fit]"
+            band = f" ±{r.layout.basis.error_pct:.0f}%" if r.layout.basis else ""
             options.add_option(
                 Option(
                     f"{r.rank}. {r.layout.kind}{fit}: {t.aggregate_tok_s:.0f} tok/s for "
-                    f"{workload.users}, {t.single_user_tok_s:.1f} for one",
+                    f"{workload.users}, {t.single_user_tok_s:.1f} for one{band}",
                     id=str(r.rank - 1),
                 )
             )
@@ -378,8 +413,9 @@ class PlanPane(Widget):
             f"$ {' '.join(f'{k}={v}' for k, v in p.env.items())} {' '.join(p.argv)}"
             for p in layout.processes
         )
+        speed = f"Speed {layout.basis.label}.\n" if layout.basis else ""
         self.query_one("#plan-detail", Static).update(
-            f"{reason}\n{memory_bars(layout)}\n{commands}"
+            f"{reason}\n{speed}{memory_bars(layout)}\n{commands}"
         )
         self._can_launch(layout.feasible)
 
@@ -395,11 +431,11 @@ class PlanPane(Widget):
             return
         index = self.query_one("#plan-layouts", OptionList).highlighted or 0
         base = self.result.layouts[index].layout
+        if event.value.rstrip().endswith((",", "/")):
+            return  # still typing the next number
         try:
-            split = [int(v) for v in event.value.split(",") if v.strip()]
+            split = parse_split(event.value)
             layout = with_tensor_split(self.spec, base, split, self.planned_workload)
-        except ValueError:
-            return
         except LauncherError as err:
             self.query_one("#plan-status", Static).update(str(err))
             return
