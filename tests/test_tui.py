@@ -445,3 +445,45 @@ async def test_save_as_profile_keeps_the_layout_on_screen(
     (group,) = spec.groups
     assert spec.hardware == "six-2060s-risers" and spec.router.port == 9100
     assert group.layout == "pooled-layer" and group.users == 12 and len(group.tensor_split) == 6
+
+
+async def test_measure_button_measures_this_box_and_plans_again(
+    model_factory: object, llama_server: object, launcher_home: object, monkeypatch: object
+) -> None:
+    """The Plan screen's Measure runs plan --measure's three llama-server runs (real, on the
+    CPU), shows their progress, then plans again with what it measured."""
+    from pathlib import Path
+
+    from textual.widgets import Button, Input, OptionList
+
+    from launcher.plan.fits import ERROR_PCT
+
+    monkeypatch.setenv("LLAMA_SERVER", str(llama_server))  # type: ignore[attr-defined]
+    model: Path = model_factory("llama")  # type: ignore[operator]
+    svc = services(gpu_boxes.no_driver_backend())
+    app = LauncherApp(svc)
+    async with app.run_test(size=(100, 40)) as pilot:
+        app.action_show("model")
+        await pilot.pause()
+        app.query_one("#model-path", Input).value = str(model)
+        app.query_one("#model-open", Button).press()
+        await pilot.pause()
+        app.action_show("plan")
+        app.query_one("#plan-run", Button).press()
+        await pilot.pause()
+        first = str(app.query_one("#plan-layouts", OptionList).get_option_at_index(0).prompt)
+        assert first.endswith(f"±{ERROR_PCT['cpu']:.0f}%")  # a CPU never measured
+        app.query_one("#plan-measure", Button).press()
+        seen = set()
+        for _ in range(480):
+            await pilot.pause(0.25)
+            status = text(app, "#plan-status")
+            seen.add(status.split(",")[0])
+            if status.startswith("Measured this box"):
+                break
+        assert status.startswith("Measured this box"), status
+        assert any(s.startswith("Measuring the CPU") for s in seen)
+        assert not app.query_one("#plan-measure", Button).disabled
+        again = str(app.query_one("#plan-layouts", OptionList).get_option_at_index(0).prompt)
+        assert again.endswith(f"±{ERROR_PCT['cpu-measured']:.0f}%")
+        assert "measured here by plan --measure" in str(app.query_one("#plan-detail").render())
