@@ -5,12 +5,12 @@ points each was fitted on and the constants that came out are data, in ``fits.to
 this file; ``tests/test_fits.py`` fits every box again from its points and checks that the
 stored constants are what the points give.
 
-A prediction says how it was made (``Basis``): after a full bench of this box (the bench's
-correction, ``bench/results.py``), with constants measured here by ``plan --measure``, fitted
-on a box with this card, fitted on a card of the same family (compute capability), or a card
-never seen (the average of the fitted boxes, scaled by the card's own bandwidth and FLOPs).
-Each basis carries how far off such predictions were found to be
-(docs/validation/2026-11-30-h200-speed-holdout.md).
+A prediction says how it was made (``Basis``): with constants measured here by
+``plan --measure``, fitted on a box with this card, fitted on a card of the same family
+(compute capability), or a card never seen (the average of the fitted boxes, scaled by the
+card's own bandwidth and FLOPs); a CPU likewise. Each basis carries how far off such
+predictions were found to be (docs/validation/2026-11-30-h200-speed-holdout.md). After a
+full ``bench`` of this box the plan shows the measured figures instead (``bench/results.py``).
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ UNMEASURED_HOST_BW = 100e9
 # How far off each kind of prediction may be (percent of the measured tok/s), from the
 # held-out checks in docs/validation/ (the uncalibrated targets where nothing was seen yet).
 ERROR_PCT = {
-    "bench": 10.0,
-    "measured": 15.0,
-    "fitted": 15.0,
+    "measured": 15.0,  # dense models on the H200, the run's own points refitted: within 12%
+    "fitted": 15.0,  # the H200's dense rows: within 11%; held out of the refit: within 11%
     "family": 35.0,
     "unseen": 50.0,
-    "cpu-measured": 20.0,
-    "cpu": 40.0,
+    "cpu-measured": 40.0,  # the CI box's 2 vCPUs: most rows within 40%, its noisiest +211%
+    "cpu": 60.0,  # the device host before it was fitted: -49% to +151%
 }
+# a mixture of experts is predicted less well (the H200: +25% at 4 users one card, up to +53%
+# pooled-tensor): its band is this much wider
+MOE_EXTRA_PCT = 25.0
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,17 @@ class Basis:
 
     kind: str  # a key of ERROR_PCT
     detail: str
+    extra_pct: float = 0.0  # wider for what the fits saw less of (a mixture of experts)
 
     @property
     def error_pct(self) -> float:
-        return ERROR_PCT[self.kind]
+        return ERROR_PCT[self.kind] + self.extra_pct
+
+    def for_model(self, spec: ModelSpec) -> Basis:
+        """This basis for ``spec``: wider for a mixture of experts."""
+        if not spec.n_expert:
+            return self
+        return replace(self, extra_pct=MOE_EXTRA_PCT, detail=f"{self.detail}; experts")
 
     @property
     def label(self) -> str:

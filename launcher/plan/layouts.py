@@ -115,7 +115,8 @@ class _Ctx:
     def constants(self, cards: Sequence[GpuCard]) -> tuple[GpuConstants, Basis]:
         """Speed constants of a worker on ``cards`` (those of its slowest card)."""
         slowest = min(cards, key=lambda c: c.memory_bandwidth_bytes_s or 0.0)
-        return fits.constants_for(slowest, self.calibration)
+        constants, basis = fits.constants_for(slowest, self.calibration)
+        return constants, basis.for_model(self.spec)
 
 
 def select_cards(host: Host, workload: Workload) -> tuple[GpuCard, ...]:
@@ -563,6 +564,7 @@ def cpu_workers(ctx: _Ctx, n: int) -> Layout:
         processes.append(Process(args, {"CUDA_VISIBLE_DEVICES": ""}, ()))
     host = memory.shared_bytes + n * memory.private_bytes
     constants, basis = fits.cpu_constants_for(threads, ctx.calibration)
+    basis = basis.for_model(ctx.spec)
     # the workers share the host's memory bandwidth
     constants = dataclasses.replace(constants, host_bw=constants.host_bw / n)
     spec = ctx.spec
