@@ -21,6 +21,7 @@ from launcher.benchmarks import (
     plan_speed,
     router_capacity,
     router_cost,
+    speed_holdout,
     tui_refresh,
     worker_kill,
 )
@@ -135,3 +136,36 @@ def test_nvidia_smi_comparison_flags_a_different_field() -> None:
     assert len(checks) == 23 and all(c.ok for c in checks)
     checks = nvidia_smi.compare(data, f"{head}\n{row.replace('81559', '40000')}\n")
     assert [c.field for c in checks if not c.ok] == ["memory_total (MiB)"]
+
+
+def test_speed_holdout_runs_each_case_as_planned(
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One CPU case at 1 and 2 users: the planned worker runs, its rate and RSS are recorded
+    beside the prediction, the table shows both and the error."""
+    monkeypatch.setenv("LLAMA_SERVER", str(llama_server))
+    monkeypatch.setenv("LLAMA_LAUNCHER_GPU_BACKEND", str(_no_gpu(tmp_path)))
+    cases = tmp_path / "cases.json"
+    model = model_factory("llama")
+    cases.write_text(json.dumps([{"model": str(model), "layout": "cpu:1", "users": [1, 2]}]))
+    out = tmp_path / "rows.jsonl"
+    assert speed_holdout.main([str(cases), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["users"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["measured"] > 0 and r["predicted"] > 0 and r["basis"] == "cpu"
+        ((card, planned, real),) = r["memory"]
+        assert card == -1 and real > 0 and abs(real - planned) < 256 << 20  # RSS
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("| case | users | measured tok/s")
+    assert f"| {model.stem} cpu:1 | 2 |" in table
+
+
+def _no_gpu(tmp_path: Path) -> Path:
+    from tests import gpu_boxes
+
+    return Path(gpu_boxes.save(gpu_boxes.no_driver_backend(), tmp_path / "box.json"))
