@@ -6,8 +6,11 @@ sparse synthetic model written once into the cache (no download, no disk used fo
 - two *thin* models (llama, 256 wide) of 16 and 64 layers: nearly nothing to read or
   multiply, so their step times are the host's fixed cost per step and per layer, and (16
   users on the thin model) per user;
-- a *probe* model (the llama 8B shape on a card, 1B on the CPU) at one user and at a batch:
-  the one-user step gives the bandwidth reached, the batch the compute reached.
+- a *probe* model at one user and at a batch: the one-user step gives the bandwidth reached,
+  the batch the compute reached. On a card it is wide and shallow (the llama 70B's layers, as
+  many as fill 40% of the card, at most 24): its weights dominate its fixed costs, so the
+  bandwidth comes out clean (an 8B probe left it at the mercy of the fixed costs: 0.39 of peak
+  against the 0.60 the 70B showed on the same card). On the CPU the llama 1B shape.
 
 The five points are fitted with the same functions that fitted the boxes in
 ``plan/fits.toml``; the result is stored in ``<state>/calibration/HOST.json`` and planning on
@@ -135,6 +138,20 @@ def _thin(layers: int) -> synthetic.ModelShape:
     return synthetic.ModelShape(**{**asdict(base), "size": f"thin{layers}", "n_layer": layers})
 
 
+WIDE_LAYER_BYTES = 524 << 20  # one layer of the llama 70B shape (Q4_K_M), for sizing the probe
+
+
+def _wide(layers: int) -> synthetic.ModelShape:
+    base = synthetic.shape_for("llama", "70b")
+    return synthetic.ModelShape(**{**asdict(base), "size": f"wide{layers}", "n_layer": layers})
+
+
+def _probe_layers(card: GpuCard) -> int:
+    """Layers of the wide probe: 40% of the card's free memory, 2 to 24."""
+    free = card.memory_free_bytes or card.memory_total_bytes
+    return max(2, min(24, int(0.4 * free / WIDE_LAYER_BYTES)))
+
+
 def _args(target: ServerTarget, spec: ModelSpec, slots: int, gpu: bool, threads: int) -> ServerArgs:
     return ServerArgs(
         binary=target.path,
@@ -221,8 +238,6 @@ def measure(
         if usable.usable:
             kinds.setdefault(usable.name, usable)
     thin = [_model(f"thin{n}", _thin(n), llama_server) for n in THIN_LAYERS]
-    probe_size = "8b" if kinds else "1b"
-    probe = _model(f"llama-{probe_size}", synthetic.shape_for("llama", probe_size), llama_server)
     logs = paths.state_dir() / "calibration" / "logs"
     measured = []
     steps = [("thin", thin[0], (1, GPU_BATCH)), ("thin", thin[1], (1,))]
@@ -230,6 +245,11 @@ def measure(
     for name, card in targets:
         what = f"{name} (card {card.index})" if card else f"the CPU ({cpu_cores} threads)"
         batch = GPU_BATCH if card else CPU_BATCH
+        if card is not None:
+            layers = _probe_layers(card)
+            probe = _model(f"probe-wide{layers}", _wide(layers), llama_server)
+        else:
+            probe = _model("llama-1b", synthetic.shape_for("llama", "1b"), llama_server)
         runs = [*steps, ("probe", probe, (1, batch))]
         if card is None:
             runs[0] = ("thin", thin[0], (1, batch))

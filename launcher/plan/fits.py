@@ -42,8 +42,10 @@ UNMEASURED_HOST_BW = 100e9
 # How far off each kind of prediction may be (percent of the measured tok/s), from the
 # held-out checks in docs/validation/ (the uncalibrated targets where nothing was seen yet).
 ERROR_PCT = {
-    "measured": 15.0,  # dense models on the H200, the run's own points refitted: within 12%
-    "fitted": 15.0,  # the H200's dense rows: within 11%; held out of the refit: within 11%
+    "measured": 20.0,  # H200: dense within 12% (first run), 12 of 18 rows within 15% (second)
+    # the same card kind on another machine ran batches up to 24% slower than the fitted one
+    # (the second H200 run): the fit holds for its box, the band for the kind
+    "fitted": 25.0,
     "family": 35.0,
     "unseen": 50.0,
     "cpu-measured": 40.0,  # the CI box's 2 vCPUs: most rows within 40%, its noisiest +211%

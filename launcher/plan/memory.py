@@ -37,10 +37,10 @@ CPU_COMPUTE_PER_EMBD = 3.333 * 4
 CPU_COMPUTE_BASE = int(3.11 * MIB)
 FA_OFF_BASE = 5 * MIB  # without flash attention: scores + half the buffer + this
 # a quantized KV cache with flash attention on a card: llama.cpp converts K and V to f16 for
-# the kernel; 159 MiB more than the f16 plan on the H200 (8b shape, 16 x 4096 tokens, q8_0),
-# ~175 MiB in the check that opened issue 21: one constant until more is measured (a
+# the kernel, per stream: 159 MiB more than the f16 plan on the H200 with 16 streams (8b
+# shape, q8_0), none measurable with 4 (qwen3 14b): 10 MiB a stream, fitted on those two (a
 # -sm tensor worker did not show it)
-QUANT_KV_GPU_BYTES = 160 * MIB
+QUANT_KV_GPU_BYTES_PER_SLOT = 10 * MIB
 # a CPU worker's own memory beyond its buffers (tokenizer, server state, libraries): its RSS
 # less the buffers llama.cpp reports was 0 to 100 MiB over seven models on the CI box
 CPU_RUNTIME_BYTES = 48 * MIB
@@ -122,6 +122,7 @@ def compute_buffer_bytes(
     flash_attn: bool = True,
     ctx_per_slot: int = 4096,
     kv_type: str = "f16",
+    slots: int = 1,
 ) -> int:
     """Compute buffer of one device, plus the CUDA context when ``gpu``."""
     if gpu:
@@ -135,7 +136,7 @@ def compute_buffer_bytes(
         scores = spec.n_head * _pad(ctx_per_slot) * n_ubatch * 4
         buffer = max(buffer, scores + buffer // 2 + FA_OFF_BASE)
     if gpu and kv_type != "f16":
-        buffer += QUANT_KV_GPU_BYTES
+        buffer += QUANT_KV_GPU_BYTES_PER_SLOT * slots
     return buffer + (CUDA_CONTEXT_BYTES if gpu else 0)
 
 
@@ -228,7 +229,7 @@ def layer_split_memory(
                 tuple(layers),
                 weights,
                 kv,
-                compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx, kv_type),
+                compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx, kv_type, slots),
                 free,
             )
         )
@@ -344,7 +345,7 @@ def balanced_shares(
         + (kv_layer_bytes(spec, il, ctx, slots, kv_type, n_ubatch) if il < spec.n_layer else 0)
         for il in range(total_layers)
     ]
-    fixed = compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx, kv_type)
+    fixed = compute_buffer_bytes(spec, n_ubatch, True, flash_attn, ctx, kv_type, slots)
     budget = [f - fixed for f in free]
     # target: equal headroom h with sum(used) = sum(per_layer) -> h = (sum(budget)-need)/n
     need = sum(per_layer)
