@@ -138,6 +138,9 @@ def print_plan(outcome: PlanOutcome) -> None:
             + (f", prompt {t.prompt_tok_s:.0f} tok/s" if t.prompt_tok_s else "")
         )
         print(f"   {r.reason}")
+        for note in lay.notes:
+            if note not in r.reason:
+                print(f"   {note[0].upper()}{note[1:]}.")
         if lay.kind in measured:
             value, source = measured[lay.kind]
             print(

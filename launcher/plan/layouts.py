@@ -593,7 +593,7 @@ def cpu_workers(ctx: _Ctx, n: int) -> Layout:
             f"per worker + {memory.shared_bytes / 2**30:.1f} GiB of shared weights), "
             f"{avail / 2**30:.1f} GiB is available"
         )
-    notes = [f"{threads} threads per worker"]
+    notes = [f"{threads} thread{'s' if threads > 1 else ''} per worker"]
     if memory.repacked_bytes:
         notes.append(
             f"each worker keeps its own repacked copy of "
