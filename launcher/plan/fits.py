@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from launcher.gpu.card import GpuCard
 from launcher.gpu.catalog import CATALOG, CatalogCard, match_name
@@ -212,15 +213,15 @@ class Fits:
     cpu: tuple[CpuBox, ...]
 
 
-def _point(data: dict[str, object]) -> Point:
+def _point(data: dict[str, Any]) -> Point:
     return Point(
         what=str(data["what"]),
-        users=int(data["users"]),  # type: ignore[call-overload]
-        tok_s=float(data["tok_s"]),  # type: ignore[arg-type]
-        layers=int(data["layers"]),  # type: ignore[call-overload]
-        weight_bytes=float(data["weight_bytes"]),  # type: ignore[arg-type]
-        kv_bytes=float(data["kv_bytes"]),  # type: ignore[arg-type]
-        params=float(data["params"]),  # type: ignore[arg-type]
+        users=int(data["users"]),
+        tok_s=float(data["tok_s"]),
+        layers=int(data["layers"]),
+        weight_bytes=float(data["weight_bytes"]),
+        kv_bytes=float(data["kv_bytes"]),
+        params=float(data["params"]),
     )
 
 
