@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher import paths
-from launcher.app import hardware, planning, server
+from launcher.app import hardware, planning, remote, server
 from launcher.errors import LauncherError
 from launcher.gpu.inventory import Inventory
 from launcher.llamacpp.args import ServerArgs
@@ -272,20 +272,25 @@ def plan_spec(
     problems = spec.problems()
     if problems:
         raise LauncherError(f"Fleet '{spec.name}': {' '.join(problems)}")
-    box = hardware.inventory()
-    option = llama_server or spec.groups[0].server.llama_server
-    target = server.required_target(option)
+    remote_hosts, remote_lines = remote.hosts_for(spec)
+    local = replace(spec, groups=spec.local_groups)
     lines: list[str] = []
     groups: list[GroupSpec] = []
-    if len(spec.groups) > 1:
-        groups, lines = _plan_box(spec, box, target, replan, box_cards)
-    else:
-        for group in spec.groups:
-            planned, said = _plan_group(group, box, target, spec, replan)
-            groups.append(planned)
-            lines += said
-    numbered = _number_ports(groups, spec.router.port)
-    return PreparedFleet(replace(spec, groups=numbered), tuple(lines))
+    if local.groups:
+        box = hardware.inventory()
+        option = llama_server or local.groups[0].server.llama_server
+        target = server.required_target(option)
+        if len(local.groups) > 1:
+            groups, lines = _plan_box(local, box, target, replan, box_cards)
+        else:
+            for group in local.groups:
+                planned, said = _plan_group(group, box, target, local, replan)
+                groups.append(planned)
+                lines += said
+    numbered = {g.name: g for g in _number_ports(groups, spec.router.port)}
+    ordered = tuple(numbered.get(g.name, g) for g in spec.groups)
+    planned_spec = replace(spec, groups=ordered, remote_hosts=remote_hosts)
+    return PreparedFleet(planned_spec, (*lines, *remote_lines))
 
 
 def _plan_box(

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.app import bench, export, fleet, hardware, models, planning, route, server
+from launcher.app import agent, bench, export, fleet, hardware, models, planning, route, server
 from launcher.bench import report, results
 from launcher.bench.load import LoadSpec
 from launcher.cli import render
@@ -195,6 +195,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  {line}")
     sys.stdout.flush()
     return fleet.start(prepared.spec, detach=args.detach, say=say)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    return agent.serve(sys.stdin, sys.stdout)
 
 
 def cmd_route(args: argparse.Namespace) -> int:

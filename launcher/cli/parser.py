@@ -312,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="MODEL.gguf", help="open with this model chosen")
     p.set_defaults(handler=commands.cmd_tui)
 
+    p = sub.add_parser(
+        "agent", help="run a fleet's groups for another box (started by its 'up' over SSH)"
+    )
+    p.set_defaults(handler=commands.cmd_agent)
+
     p = sub.add_parser("info", help="print this box and the llama-server that would run")
     p.set_defaults(handler=commands.cmd_overview)
 

@@ -22,6 +22,12 @@ class HostInfo:
     address: str | None = None  # "192.168.1.20:8080" for a box on the LAN
     cpu_flags: tuple[str, ...] = ()  # instruction-set flags (/proc/cpuinfo), for CPU repacking
     cpu_model: str | None = None
+    # a second box reached over SSH (hardware profiles): "user@host[:port]", llama-launcher's
+    # path there, its LLAMA_LAUNCHER_HOME, and the link to it in Gbit/s
+    ssh: str | None = None
+    launcher: str | None = None
+    home: str | None = None
+    link_gbit: float | None = None
 
 
 def this_host() -> HostInfo:

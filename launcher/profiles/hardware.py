@@ -39,7 +39,21 @@ GIB = 1 << 30
 KIND = "hardware"
 
 _TOP_KEYS = {"format", "name", "description", "hosts"}
-_HOST_KEYS = {"name", "ram_gb", "cpu_cores", "numa_nodes", "address", "cards", "nvlink"}
+_HOST_KEYS = {
+    "name",
+    "ram_gb",
+    "cpu_cores",
+    "numa_nodes",
+    "address",
+    "cards",
+    "nvlink",
+    "ssh",
+    "launcher",
+    "home",
+    "link",
+}
+_SSH = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?$")
+_LINK = re.compile(r"^(?:(\d+(?:\.\d+)?)gbe|(\d+(?:\.\d+)?)\s*gbit)$")
 _CARD_KEYS = {
     "card",
     "name",
@@ -115,6 +129,14 @@ class _Ctx:
         return value.strip()
 
 
+def parse_link(text: str) -> float | None:
+    """``"1gbe"``, ``"10gbe"``, ``"2.5gbit"`` as Gbit/s; None when it is none of those."""
+    match = _LINK.match(text.strip().lower())
+    if not match:
+        return None
+    return float(match.group(1) or match.group(2))
+
+
 def parse_pcie(text: str) -> tuple[int, int] | None:
     """``"gen4 x16"`` as (4, 16); None when it does not have that form."""
     match = _PCIE.match(text.strip())
@@ -148,6 +170,15 @@ def _host(ctx: _Ctx, raw: dict[str, Any], key: str) -> Host:
     ram = ctx.number(raw, "ram_gb", key) or 0.0
     cores = ctx.number(raw, "cpu_cores", key, integer=True, minimum=1)
     numa = ctx.number(raw, "numa_nodes", key, integer=True, minimum=1)
+    ssh = ctx.text(raw, "ssh", key)
+    if ssh is not None and not _SSH.match(ssh):
+        raise ctx.fail(f"{key}.ssh", f"= {ssh!r}: must be user@host or user@host:port.")
+    link_text = ctx.text(raw, "link", key)
+    link_gbit = parse_link(link_text) if link_text is not None else None
+    if link_text is not None and link_gbit is None:
+        raise ctx.fail(
+            f"{key}.link", f"= {link_text!r}: must be 1gbe, 10gbe, 25gbe or a figure like 2.5gbit."
+        )
     info = HostInfo(
         name,
         int(ram * GIB),
@@ -155,6 +186,10 @@ def _host(ctx: _Ctx, raw: dict[str, Any], key: str) -> Host:
         int(cores or 1),
         int(numa) if numa else None,
         ctx.text(raw, "address", key),
+        ssh=ssh,
+        launcher=ctx.text(raw, "launcher", key),
+        home=ctx.text(raw, "home", key),
+        link_gbit=link_gbit,
     )
     cards: list[GpuCard] = []
     cards_raw = raw.get("cards", [])

@@ -74,6 +74,7 @@ _GROUP = {
     "on_demand",
     "ttl_s",
     "exclusive_with",
+    "host",
 }
 _ROUTE = {
     "overflow_to",
@@ -378,6 +379,7 @@ def _format_2(c: _Check, data: dict[str, Any]) -> FleetSpec:
                 on_demand=c.flag(g, "on_demand", where, False),
                 ttl_s=c.seconds(g, "ttl_s", where) or DEFAULT_TTL_S,
                 exclusive_with=c.strings(g, "exclusive_with", where),
+                host=c.typed(g, "host", str, where, "a host name of the fleet's hardware profile"),
             )
         )
     name = c.typed(data, "name", str, "", "a string") or groups[0].name
@@ -465,6 +467,8 @@ def _group_toml(g: GroupSpec) -> dict[str, Any]:
         out["ttl_s"] = g.ttl_s
     if g.exclusive_with:
         out["exclusive_with"] = list(g.exclusive_with)
+    if g.host:
+        out["host"] = g.host
     return out
 
 

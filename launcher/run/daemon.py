@@ -115,9 +115,16 @@ def start_detached(spec: FleetSpec, say: Say) -> int:
                     say(f"{w.id}: {w.state}{f' ({w.message})' if w.message else ''}")
             states = {w.state for w in state.workers if w.id in resident}
             serving = state.router is not None or not spec.router.enabled
+            # groups on another box: started there (or marked down) before we say "up"
+            remote = [g for g in state.groups if not g.workers and not g.on_demand]
+            for g in remote:
+                if g.state != "loading" and shown.get(g.name) != g.state:
+                    shown[g.name] = g.state
+                    say(f"{g.name}: {g.state}{f' ({g.message})' if g.message else ''}")
+            settled = all(g.state != "loading" for g in remote)
             # every group not on demand healthy (all on demand: none to wait for), and the
             # router listening, before we say "up"
-            if states <= {"healthy"} and serving:
+            if states <= {"healthy"} and serving and settled:
                 where = f" on {state.router['url']}" if state.router else ""
                 say(
                     f"Fleet {fleet} is up{where}; 'llama-launcher status' shows it, "

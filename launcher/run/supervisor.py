@@ -38,6 +38,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,9 @@ from launcher.router.process import spec_message
 from launcher.router.server import RouteGroup, RouterConfig, require_key_for
 from launcher.run import fleet_state
 from launcher.run.fleet_state import FleetState, GroupState, WorkerState
+from launcher.run.remote import RemoteSession
 from launcher.run.router_host import RouterHost, die_with_parent
-from launcher.spec.fleet import FleetSpec, GroupSpec, RouterSpec, WorkerSpec
+from launcher.spec.fleet import NO_ROUTE, FleetSpec, GroupSpec, RouterSpec, WorkerSpec
 
 HEALTH_TIMEOUT_S = 600.0
 STOP_GRACE_S = 10.0
@@ -396,6 +398,7 @@ class Supervisor:
             self.router_config, self.remote_members = router_setup(spec.router)
             if queue_timeout_s is not None:
                 self.router_config.queue_timeout_s = queue_timeout_s
+        self.remote_sessions = self._remote_sessions() if self.router_config else []
         self._remote_pollers = {
             m.name: WorkerPoller(m.url, m.api_key) for _, m in self.remote_members
         }
@@ -425,6 +428,29 @@ class Supervisor:
         self.ready = asyncio.Event()  # set once the fleet is serving, or has failed to start
         self._gpu: GpuBackend | None = None  # opened when a worker has cards; closed at the end
 
+    def _remote_sessions(self) -> list[RemoteSession]:
+        """One session per remote host, each with a local tunnel port; its groups become
+        router members at that port (docs/remote.md)."""
+        sessions = []
+        taken = {w.spec.port for w in self.workers} | {self.spec.router.port}
+        for host in self.spec.remote_hosts:
+            groups = [g for g in self.spec.remote_groups if g.host == host.name]
+            if not groups:
+                continue
+            port = free_port(taken, self.spec.router.port + 100)
+            taken.add(port)
+            remote_spec = FleetSpec(
+                f"{self.fleet}-{host.name}",
+                # the main router routes between groups; there each group serves alone
+                tuple(replace(g, host=None, workers=(), route=NO_ROUTE) for g in groups),
+                replace(self.spec.router, members=()),
+            )
+            session = RemoteSession(host, remote_spec.to_json(), port, self.say)
+            sessions.append(session)
+            for g in groups:
+                self.remote_members.append((g.name, Member(f"{host.name}/{g.name}", session.url)))
+        return sessions
+
     @property
     def stopping(self) -> bool:
         """Whether a stop was asked for (Ctrl-C, SIGTERM or ``request_stop``)."""
@@ -438,7 +464,7 @@ class Supervisor:
         for g in groups:
             workers = self.groups[g.name].workers
             g.tok_s = round(sum(w.state.tok_s for w in workers), 1)
-            if g.state == "running" and all(w.state.state == "failed" for w in workers):
+            if g.state == "running" and workers and all(w.state.state == "failed" for w in workers):
                 g.state = "failed"  # out of restarts
             routed = (self.router.stats.get("groups") or {}) if self.router is not None else {}
             if g.name in routed:
@@ -505,8 +531,11 @@ class Supervisor:
                 # requests that come while the models load queue (then 503 saying so)
                 if self.router_config is not None:
                     await self._start_router()
+                remote = asyncio.create_task(self._start_remote())
                 if not await self._start_all(session):
+                    remote.cancel()
                     return 1
+                await remote
                 await self._poll(session)
                 self._observe()
                 self.ready.set()
@@ -519,6 +548,7 @@ class Supervisor:
                     run.task.cancel()
             if self.router is not None:
                 await self.router.stop(self.spec.router.drain_s)
+            await asyncio.gather(*(r.stop(self.spec.router.drain_s) for r in self.remote_sessions))
             if self._router_sock is not None:
                 self._router_sock.close()
             if self._gpu_sampler is not None:
@@ -534,7 +564,7 @@ class Supervisor:
     async def _start_all(self, session: aiohttp.ClientSession) -> bool:
         """Start every group that is not on demand; False (and said why) if one failed."""
         started = time.monotonic()
-        resident = [g for g in self.groups.values() if not g.spec.on_demand]
+        resident = [g for g in self.groups.values() if not g.spec.on_demand and g.spec.host is None]
         workers = [w for g in resident for w in g.workers]
         on_demand = [g.name for g in self.groups.values() if g.spec.on_demand]
         self.say(
@@ -554,6 +584,35 @@ class Supervisor:
             return False
         self.say(f"Fleet {self.fleet} is up in {time.monotonic() - started:.1f} s.")
         return True
+
+    async def _start_remote(self) -> None:
+        """Start each remote host's groups (at once); a host that cannot be reached marks its
+        groups down and the rest of the fleet serves on (overflow skips them)."""
+
+        async def one(remote: RemoteSession) -> None:
+            names = [g["name"] for g in remote.spec["groups"]]
+            self.say(f"Starting group(s) {', '.join(names)} on host {remote.host.name} over SSH.")
+            started = time.monotonic()
+            ok = await remote.start()
+            for name in names:
+                run = self.groups[name]
+                run.load_s = time.monotonic() - started
+                run.state = "running" if ok else "down"
+                run.message = "" if ok else f"host {remote.host.name}: {remote.reason}"
+            if ok:
+                self.say(
+                    f"Group(s) {', '.join(names)} serve on host {remote.host.name} "
+                    f"(through {remote.url})."
+                )
+            else:
+                self.say(
+                    f"Host {remote.host.name} is down: {remote.reason}. Its group(s) "
+                    f"{', '.join(names)} are marked down; the rest of the fleet serves on."
+                )
+            self._save()
+            self._observe()
+
+        await asyncio.gather(*(one(r) for r in self.remote_sessions))
 
     async def _start_workers(
         self, workers: list[Worker], session: aiohttp.ClientSession, started: float
@@ -691,8 +750,16 @@ class Supervisor:
         restarts is failed (503 at once), one whose workers are all restarting is restarting
         (requests queue for it)."""
         out = {}
+        for remote in self.remote_sessions:
+            for g in remote.spec["groups"]:
+                run = self.groups[g["name"]]
+                if remote.state == "down" and run.state != "down":
+                    run.state = "down"
+                    run.message = f"host {remote.host.name}: {remote.reason}"
+                elif remote.state == "running":
+                    run.state = remote.groups.get(run.name, "running")
         for name, run in self.groups.items():
-            state = run.state
+            state = "failed" if run.state == "down" else run.state
             if state == "running":
                 workers = {w.state.state for w in run.workers}
                 if workers and workers <= {"failed"}:

@@ -134,10 +134,13 @@ class GroupSpec:
     # together on the cards they share; the box planner works this out)
     exclusive_with: tuple[str, ...] = ()
     workers: tuple[WorkerSpec, ...] = ()  # empty until planned
+    # a host of the fleet's hardware profile, reached over SSH, that runs this group (its
+    # workers are planned and run there, docs/remote.md); None: this box
+    host: str | None = None
 
     @property
     def planned(self) -> bool:
-        return bool(self.workers)
+        return bool(self.workers) or self.host is not None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -166,6 +169,7 @@ class GroupSpec:
             "ttl_s": self.ttl_s,
             "exclusive_with": list(self.exclusive_with),
             "workers": [w.to_json() for w in self.workers],
+            "host": self.host,
         }
 
     @classmethod
@@ -190,6 +194,7 @@ class GroupSpec:
             ttl_s=data.get("ttl_s", DEFAULT_TTL_S),
             exclusive_with=tuple(data.get("exclusive_with", ())),
             workers=tuple(WorkerSpec.from_json(w) for w in data["workers"]),
+            host=data.get("host"),
         )
 
 
@@ -223,6 +228,20 @@ class RouterSpec:
 
 
 @dataclass(frozen=True)
+class RemoteHost:
+    """A second box that runs some of the fleet's groups, as its hardware profile gives it:
+    reached with ``ssh`` (the user's own keys and ~/.ssh/config), llama-launcher at
+    ``launcher`` there (a non-interactive SSH has no virtual environment on PATH), its own
+    ``home`` (LLAMA_LAUNCHER_HOME) if given, and the link to it in Gbit/s."""
+
+    name: str
+    ssh: str
+    launcher: str = "llama-launcher"
+    home: str | None = None
+    link_gbit: float | None = None
+
+
+@dataclass(frozen=True)
 class FleetSpec:
     """A fleet: its name, its groups and its router. ``hardware`` names the hardware profile
     it was planned for (None: this box); ``source`` is the launch profile it came from."""
@@ -232,6 +251,18 @@ class FleetSpec:
     router: RouterSpec = field(default_factory=RouterSpec)
     hardware: str | None = None
     source: str | None = None
+    remote_hosts: tuple[RemoteHost, ...] = ()  # the hosts the remote groups run on
+
+    @property
+    def local_groups(self) -> tuple[GroupSpec, ...]:
+        return tuple(g for g in self.groups if g.host is None)
+
+    @property
+    def remote_groups(self) -> tuple[GroupSpec, ...]:
+        return tuple(g for g in self.groups if g.host is not None)
+
+    def remote_host(self, name: str) -> RemoteHost | None:
+        return next((h for h in self.remote_hosts if h.name == name), None)
 
     @property
     def planned(self) -> bool:
@@ -283,6 +314,9 @@ class FleetSpec:
         for m in self.router.members:
             if m.group is not None and m.group not in groups:
                 out.append(f"Remote member {m.url} names group {m.group!r}, which is not here.")
+        for g in self.remote_groups:
+            if g.on_demand:
+                out.append(f"Group {g.name} runs on host {g.host}: it cannot load on demand.")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -296,6 +330,7 @@ class FleetSpec:
                 "members": [vars(m) for m in self.router.members],
             },
             "groups": [g.to_json() for g in self.groups],
+            "remote_hosts": [vars(h) for h in self.remote_hosts],
         }
 
     @classmethod
@@ -308,4 +343,5 @@ class FleetSpec:
             router=RouterSpec(**router),
             hardware=data["hardware"],
             source=data["source"],
+            remote_hosts=tuple(RemoteHost(**h) for h in data.get("remote_hosts", ())),
         )

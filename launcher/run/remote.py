@@ -1,0 +1,226 @@
+"""A fleet's groups on a second box, started and kept over SSH (docs/remote.md).
+
+For each remote host the supervisor holds one ``RemoteSession``: an ``ssh`` running
+``llama-launcher agent`` there (the user's own ssh, keys and ~/.ssh/config; no daemon or port
+of ours), which plans and runs that host's groups behind a router on the remote box's
+127.0.0.1, and a second ``ssh -L`` that tunnels a local port to that router. The fleet's router
+reaches the remote groups through the tunnel.
+
+Both ssh processes read from pipes this process holds: when the supervisor stops, or dies,
+the pipes close, the agent stops its workers after a grace period, and the tunnel's remote
+``cat`` ends; nothing outlives the fleet on either box. Messages are JSON lines: the spec and
+a stop to the agent, its plan, readiness, group states and failures back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable
+from typing import Any
+
+from launcher.spec.fleet import RemoteHost
+
+SSH_OPTIONS_ENV = "LLAMA_LAUNCHER_SSH_OPTIONS"  # extra ssh options, e.g. "-F /path/config"
+READY_TIMEOUT_S = 600.0  # planning and loading the remote groups
+Say = Callable[[str], None]
+
+
+def ssh_base(host: RemoteHost) -> list[str]:
+    """``ssh`` with the options a fleet needs (no prompts; a dead link noticed in 15 s)."""
+    target, _, port = host.ssh.partition(":")
+    argv = [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=3",
+    ]
+    if port:
+        argv += ["-p", port]
+    argv += shlex.split(os.environ.get(SSH_OPTIONS_ENV, ""))
+    return [*argv, target]
+
+
+def agent_command(host: RemoteHost) -> str:
+    """The command the agent's ssh runs there (a non-interactive shell: full paths)."""
+    parts = ["exec"]
+    if host.home:
+        parts += ["env", f"LLAMA_LAUNCHER_HOME={shlex.quote(host.home)}"]
+    parts += [shlex.quote(host.launcher), "agent"]
+    return " ".join(parts)
+
+
+class RemoteSession:
+    """One remote host's groups: the agent, the tunnel, their state."""
+
+    def __init__(self, host: RemoteHost, spec: dict[str, Any], local_port: int, say: Say) -> None:
+        self.host = host
+        self.spec = spec  # the remote groups as a fleet spec (FleetSpec.to_json())
+        self.local_port = local_port
+        self.say = say
+        self.state = "starting"  # starting, running, down, stopped
+        self.message = ""
+        self.groups: dict[str, str] = {}  # group -> state, as the agent reports it
+        self.remote_port: int | None = None
+        self.last_error = ""  # the last line the agent's ssh wrote to stderr
+        self.agent: asyncio.subprocess.Process | None = None
+        self.tunnel: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = asyncio.Event()
+        self.started_at = time.monotonic()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.local_port}"
+
+    @property
+    def reason(self) -> str:
+        """Why it is down, to go inside a sentence."""
+        return self.message.rstrip(".")
+
+    def _down(self, why: str) -> None:
+        if self.state != "stopped":
+            self.state = "down"
+            self.message = why
+        self._ready.set()
+
+    async def start(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Start the agent, hand it the groups, wait until they serve, open the tunnel; False
+        (and ``message`` says why) when the host cannot be reached or the groups failed."""
+        try:
+            self.agent = await asyncio.create_subprocess_exec(
+                *ssh_base(self.host),
+                agent_command(self.host),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as err:
+            self._down(f"cannot run ssh ({err.strerror}); install the OpenSSH client")
+            return False
+        assert self.agent.stdin is not None
+        self.agent.stdin.write((json.dumps({"spec": self.spec}) + "\n").encode())
+        with contextlib.suppress(ConnectionError):
+            await self.agent.stdin.drain()
+        self._tasks = [
+            asyncio.create_task(self._read_events()),
+            asyncio.create_task(self._read_log()),
+        ]
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            self._down(f"its groups were not ready within {timeout_s:.0f} s")
+        if self.state != "starting" or self.remote_port is None:
+            return False
+        if not await self._open_tunnel():
+            return False
+        self.state = "running"
+        return True
+
+    async def _open_tunnel(self) -> bool:
+        forward = f"127.0.0.1:{self.local_port}:127.0.0.1:{self.remote_port}"
+        self.tunnel = await asyncio.create_subprocess_exec(
+            *ssh_base(self.host)[:-1],
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            forward,
+            ssh_base(self.host)[-1],
+            "exec cat",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.tunnel.returncode is not None:
+                err = b""
+                if self.tunnel.stderr is not None:
+                    err = await self.tunnel.stderr.read()
+                self._down(f"the tunnel to it failed ({err.decode(errors='replace').strip()})")
+                return False
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.local_port)
+                writer.close()
+                return True
+            except OSError:
+                await asyncio.sleep(0.1)
+        self._down("the tunnel to it did not open within 20 s")
+        return False
+
+    async def _read_events(self) -> None:
+        assert self.agent is not None and self.agent.stdout is not None
+        async for raw in self.agent.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            kind = event.get("event")
+            if kind == "planned":
+                for line in event.get("lines", []):
+                    self.say(f"{self.host.name}: {line}")
+            elif kind == "ready":
+                self.remote_port = int(event["port"])
+                self.groups = dict(event.get("groups", {}))
+                self._ready.set()
+            elif kind == "groups":
+                self.groups = dict(event.get("groups", {}))
+            elif kind == "failed":
+                self._down(str(event.get("message", "its groups failed")))
+        code = await self.agent.wait()
+        if len(self._tasks) > 1:  # what ssh said last is the reason
+            await asyncio.wait([self._tasks[1]], timeout=2)
+        if self.state in ("starting", "running"):
+            said = f": {self.last_error}" if self.last_error else ""
+            self._down(f"its SSH session ended (exit code {code}){said}")
+            self.say(f"Host {self.host.name} is down: {self.reason}.")
+
+    async def _read_log(self) -> None:
+        assert self.agent is not None and self.agent.stderr is not None
+        async for raw in self.agent.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.last_error = line
+                self.say(f"{self.host.name}: {line}")
+
+    async def stop(self, drain_s: float) -> None:
+        """Ask the agent to stop its groups and wait for it; close the tunnel."""
+        was = self.state
+        self.state = "stopped"
+        if self.agent is not None and self.agent.returncode is None:
+            assert self.agent.stdin is not None
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.agent.stdin.write(b'{"stop": true}\n')
+                await self.agent.stdin.drain()
+                self.agent.stdin.close()
+            try:
+                await asyncio.wait_for(self.agent.wait(), drain_s + 20)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.agent.kill()
+                await self.agent.wait()
+        if self.tunnel is not None and self.tunnel.returncode is None:
+            assert self.tunnel.stdin is not None
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.tunnel.stdin.close()
+            try:
+                await asyncio.wait_for(self.tunnel.wait(), 5)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.tunnel.kill()
+                await self.tunnel.wait()
+        for task in self._tasks:
+            task.cancel()
+        if was in ("running", "starting"):
+            self.say(f"Host {self.host.name}: its groups stopped.")

@@ -1,0 +1,234 @@
+"""A fleet over two boxes: a real sshd on 127.0.0.1 is the second box, with its own
+LLAMA_LAUNCHER_HOME; real llama-servers on both sides (docs/remote.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from launcher.errors import LauncherError
+from launcher.profiles.hardware import load_hardware_profile, parse_link
+
+from . import sshbox
+from .conftest import free_port, run_cli
+
+needs_sshd = pytest.mark.skipif(
+    not sshbox.available(), reason="no OpenSSH server here (.ci/run installs openssh-server)"
+)
+LAUNCHER = str(Path(sys.executable).parent / "llama-launcher")
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[sshbox.SshBox]:
+    with sshbox.sshd(tmp_path / "sshd") as running:
+        yield running
+
+
+def _hardware(tmp_path: Path, ssh: str, home: Path) -> Path:
+    path = tmp_path / "two-boxes.toml"
+    path.write_text(
+        f"""format = 1
+name = "two-boxes"
+[[hosts]]
+name = "main"
+ram_gb = 16
+cpu_cores = 2
+[[hosts]]
+name = "second"
+ram_gb = 16
+cpu_cores = 2
+ssh = "{ssh}"
+launcher = "{LAUNCHER}"
+home = "{home}"
+link = "1gbe"
+"""
+    )
+    return path
+
+
+def _fleet(
+    tmp_path: Path, hardware: Path, model: Path, llama_server: Path, port: int, name: str
+) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f"""format = 2
+name = "{name}"
+hardware = "{hardware}"
+[router]
+port = {port}
+[[groups]]
+name = "near"
+model = "{model}"
+layout = "cpu:1"
+users = 1
+ctx = 512
+[groups.server]
+llama_server = "{llama_server}"
+[[groups]]
+name = "far"
+model = "{model}"
+host = "second"
+layout = "cpu:1"
+users = 1
+ctx = 512
+[groups.route]
+overflow_to = "near"
+[groups.server]
+llama_server = "{llama_server}"
+"""
+    )
+    return path
+
+
+def _ask(port: int, model: str, timeout: float = 60) -> tuple[int, dict[str, str]]:
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers)
+
+
+def _servers(model: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"llama-server -m {model}"], capture_output=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _groups(fleet: str) -> dict[str, str]:
+    """Each group's state in ``status --json``."""
+    data = json.loads(run_cli("status", "--json").stdout)
+    found = next(f for f in data["fleets"] if f["name"] == fleet)
+    return {g["name"]: g["state"] for g in found["groups"]}
+
+
+def _until(check: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def test_a_host_says_how_to_reach_it(tmp_path: Path) -> None:
+    path = _hardware(tmp_path, "me@box.lan:2222", tmp_path / "h")
+    second = load_hardware_profile(path).hosts[1].info
+    assert (second.ssh, second.launcher, second.link_gbit) == ("me@box.lan:2222", LAUNCHER, 1.0)
+    assert parse_link("10gbe") == 10.0 and parse_link("2.5gbit") == 2.5
+    assert parse_link("fast") is None
+    for key, value, words in [
+        ("ssh", "me@@box", "must be user@host"),
+        ("link", "fast", "must be 1gbe, 10gbe, 25gbe"),
+    ]:
+        text = path.read_text().replace(f'{key} = "', f'{key} = "{value}" #', 1)
+        path.write_text(text)
+        with pytest.raises(LauncherError, match=words):
+            load_hardware_profile(path)
+        path = _hardware(tmp_path, "me@box.lan:2222", tmp_path / "h")
+
+
+def test_a_remote_group_needs_its_host(
+    tmp_path: Path, model_factory: Callable[..., Path], llama_server: Path
+) -> None:
+    hardware = _hardware(tmp_path, "me@box.lan", tmp_path / "h")
+    fleet = _fleet(tmp_path, hardware, model_factory("llama"), llama_server, free_port(), "f1")
+    fleet.write_text(fleet.read_text().replace('host = "second"', 'host = "third"'))
+    result = run_cli("up", str(fleet), "--detach")
+    assert result.returncode != 0
+    assert "runs on host third, which hardware profile" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@needs_sshd
+def test_up_runs_a_group_on_the_second_box_and_down_leaves_nothing(
+    tmp_path: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``up`` starts the remote group over SSH and routes to it through the tunnel; a
+    ``kill -9`` of the remote worker is restarted there; ``down`` stops both sides."""
+    for key, value in sshbox.environ(box).items():
+        monkeypatch.setenv(key, value)
+    remote_home = tmp_path / "second-home"
+    model = model_factory("llama")
+    hardware = _hardware(tmp_path, box.target, remote_home)
+    port = free_port()
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "pair")
+    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        assert "Group far: on host second" in up.stdout
+        assert _until(lambda: _ask(port, "far", 5)[0] == 200, 120), run_cli("logs", "pair").stdout
+        status, headers = _ask(port, "far")
+        assert status == 200 and headers["X-Llama-Launcher-Group"] == "far"
+        assert _ask(port, "near")[0] == 200
+        assert _groups("pair") == {"near": "running", "far": "running"}
+        # the second box runs its own fleet, in its own home
+        remote_state = list((remote_home / "state").rglob("pair-second*.json"))
+        assert remote_state, list(remote_home.rglob("*"))
+        servers = _servers(model)
+        assert len(servers) == 2  # one here, one "there"
+        remote_pid = next(
+            p
+            for p in servers
+            if f"--port {port + 1}" not in Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")
+        )
+        os.kill(remote_pid, signal.SIGKILL)
+        assert _until(lambda: len(_servers(model)) == 2 and remote_pid not in _servers(model), 60)
+        assert _until(lambda: _ask(port, "far", 5)[0] == 200, 60)
+    finally:
+        down = run_cli("down", "pair", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert _until(lambda: not _servers(model), 30), _servers(model)
+    leftover = subprocess.run(["pgrep", "-f", "llama-launcher agent"], capture_output=True)
+    assert not leftover.stdout.strip()
+    tunnels = subprocess.run(["pgrep", "-f", f"-L 127.0.0.1:.*{box.port}"], capture_output=True)
+    assert not tunnels.stdout.strip()
+
+
+@needs_sshd
+def test_an_unreachable_host_marks_its_group_down_and_the_rest_serves(
+    tmp_path: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in sshbox.environ(box).items():
+        monkeypatch.setenv(key, value)
+    model = model_factory("llama")
+    closed = free_port()  # nothing listens there
+    hardware = _hardware(tmp_path, f"{box.user}@127.0.0.1:{closed}", tmp_path / "h")
+    port = free_port()
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "half")
+    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert _ask(port, "near")[0] == 200
+
+        assert _until(lambda: _groups("half").get("far") == "down", 60)
+        started = time.monotonic()
+        status, _ = _ask(port, "far")
+        assert status in (200, 503) and time.monotonic() - started < 10
+    finally:
+        run_cli("down", "half", timeout=120)
+    assert _until(lambda: not _servers(model), 30)
