@@ -232,3 +232,39 @@ def test_an_unreachable_host_marks_its_group_down_and_the_rest_serves(
     finally:
         run_cli("down", "half", timeout=120)
     assert _until(lambda: not _servers(model), 30)
+
+
+@needs_sshd
+def test_a_dead_main_supervisor_leaves_nothing_on_the_second_box(
+    tmp_path: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kill -9`` of the main box's supervisor: its ssh sessions see their input end, the
+    agent stops the remote group after its grace period, the tunnel's far end exits."""
+    for key, value in sshbox.environ(box).items():
+        monkeypatch.setenv(key, value)
+    model = model_factory("llama")
+    hardware = _hardware(tmp_path, box.target, tmp_path / "second-home")
+    port = free_port()
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "orphan")
+    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "far: running" in up.stdout + up.stderr
+    data = json.loads(run_cli("status", "--json").stdout)
+    supervisor = next(f for f in data["fleets"] if f["name"] == "orphan")["supervisor_pid"]
+    assert len(_servers(model)) == 2
+    os.kill(supervisor, signal.SIGKILL)
+    started = time.monotonic()
+
+    def gone() -> bool:
+        left = subprocess.run(
+            ["pgrep", "-f", f"llama-server -m {model}|llama-launcher agent|-L 127.0.0.1:"],
+            capture_output=True,
+        )
+        return not left.stdout.strip()
+
+    assert _until(gone, 40), subprocess.run(["ps", "-ef"], capture_output=True, text=True).stdout
+    assert time.monotonic() - started >= 5  # the remote side waited out its grace period
