@@ -268,3 +268,26 @@ def test_a_dead_main_supervisor_leaves_nothing_on_the_second_box(
 
     assert _until(gone, 40), subprocess.run(["ps", "-ef"], capture_output=True, text=True).stdout
     assert time.monotonic() - started >= 5  # the remote side waited out its grace period
+
+
+@needs_sshd
+def test_net_test_measures_through_ssh_and_writes_the_link(
+    tmp_path: Path, box: sshbox.SshBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in sshbox.environ(box).items():
+        monkeypatch.setenv(key, value)
+    hardware = _hardware(tmp_path, box.target, tmp_path / "h")
+    hardware.write_text(hardware.read_text().replace('link = "1gbe"\n', "# my note\n"))
+    result = run_cli("net-test", "second", "--hardware", str(hardware), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ms round trip" in result.stdout and "Mbit/s" in result.stdout
+    assert "Round trips to second" in result.stderr  # progress
+    text = hardware.read_text()
+    assert "# my note" in text  # the user's lines stay
+    link = load_hardware_profile(hardware).hosts[1].info.link_gbit
+    assert link is not None and link > 0.05  # loopback through ssh: well above that
+    again = run_cli("net-test", "second", "--hardware", str(hardware), timeout=120)
+    assert again.returncode == 0 and hardware.read_text().count("link =") == 1
+    closed = run_cli("net-test", f"{box.user}@127.0.0.1:{free_port()}", timeout=60)
+    assert closed.returncode != 0 and "Connection refused" in closed.stderr
+    assert "Traceback" not in closed.stderr

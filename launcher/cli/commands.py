@@ -10,7 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.app import agent, bench, export, fleet, hardware, models, planning, route, server
+from launcher.app import (
+    agent,
+    bench,
+    export,
+    fleet,
+    hardware,
+    models,
+    planning,
+    remote,
+    route,
+    server,
+)
 from launcher.bench import report, results
 from launcher.bench.load import LoadSpec
 from launcher.cli import render
@@ -195,6 +206,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  {line}")
     sys.stdout.flush()
     return fleet.start(prepared.spec, detach=args.detach, say=say)
+
+
+def cmd_net_test(args: argparse.Namespace) -> int:
+    result = remote.net_test(args.host, args.hardware, say)
+    f = result.figures
+    print(
+        f"Link to {result.host.name} ({result.host.ssh}) through ssh: {f.round_trip_ms:.2f} ms "
+        f"round trip, {f.mbit_s:.0f} Mbit/s ({f.sent_bytes >> 20} MiB in {f.seconds:.2f} s): "
+        f'link = "{result.link}".'
+    )
+    if result.written is not None:
+        print(f'Wrote link = "{result.link}" for host {result.host.name} into {result.written}.')
+    elif result.note:
+        print(f"Note: {result.note}.")
+    return 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

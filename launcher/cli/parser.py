@@ -312,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="MODEL.gguf", help="open with this model chosen")
     p.set_defaults(handler=commands.cmd_tui)
 
+    p = sub.add_parser("net-test", help="round trip and bandwidth to another box through SSH")
+    p.add_argument("host", metavar="HOST", help="a host of --hardware, or user@host[:port]")
+    p.add_argument(
+        "--hardware",
+        metavar="NAME|PATH",
+        help="the hardware profile with that host; its link is updated with the figure",
+    )
+    p.set_defaults(handler=commands.cmd_net_test)
+
     p = sub.add_parser(
         "agent", help="run a fleet's groups for another box (started by its 'up' over SSH)"
     )

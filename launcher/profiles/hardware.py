@@ -400,3 +400,33 @@ def save_profile(inventory: Inventory, name: str, *, force: bool = False) -> Pat
         f"{tomli_w.dumps(profile_toml(inventory, name))}"
     )
     return store.write_new(KIND, name, text, force=force)
+
+
+def set_host_link(path: Path, host: str, link: str) -> None:
+    """Write ``link = "..."`` into host ``host`` of the profile at ``path``, leaving every
+    other line (comments too) as it is; the file is replaced whole, never half-written."""
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.strip() == "[[hosts]]"]
+    for start in starts:
+        end = next(
+            (
+                i
+                for i in range(start + 1, len(lines))
+                if lines[i].lstrip().startswith("[") and lines[i].strip() != ""
+            ),
+            len(lines),
+        )
+        block = lines[start:end]
+        name_at = next((i for i, line in enumerate(block) if re.match(r"\s*name\s*=", line)), None)
+        if name_at is None or f'"{host}"' not in block[name_at]:
+            continue
+        entry = f'link = "{link}"\n'
+        link_at = next((i for i, line in enumerate(block) if re.match(r"\s*link\s*=", line)), None)
+        if link_at is not None:
+            block[link_at] = entry
+        else:
+            block.insert(name_at + 1, entry)
+        lines[start:end] = block
+        store.replace_text(path, "".join(lines))
+        return
+    raise LauncherError(f"{path} has no host named {host!r}.")

@@ -108,3 +108,21 @@ def write_new(kind: str, name: str, text: str, *, force: bool = False) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
     return target
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace an existing profile's text whole (written beside it, then renamed): a full disk
+    or a crash leaves the old file, never half of the new one."""
+    tmp = path.with_suffix(f".toml.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.chmod(path.stat().st_mode & 0o777)
+        tmp.replace(path)
+    except OSError as err:
+        raise LauncherError(
+            f"Cannot update {path} ({err.strerror}); check that its folder is writable and "
+            "has space."
+        ) from err
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
