@@ -291,3 +291,44 @@ def test_net_test_measures_through_ssh_and_writes_the_link(
     closed = run_cli("net-test", f"{box.user}@127.0.0.1:{free_port()}", timeout=60)
     assert closed.returncode != 0 and "Connection refused" in closed.stderr
     assert "Traceback" not in closed.stderr
+
+
+@needs_sshd
+def test_a_lost_agent_is_reconnected_and_its_group_serves_again(
+    tmp_path: Path,
+    launcher_home: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kill -9`` of the agent on the second box (its workers die with it): the group is
+    marked down at once, the host is tried again after 5 s and the group serves again."""
+    import psutil
+
+    for key, value in sshbox.environ(box).items():
+        monkeypatch.setenv(key, value)
+    model = model_factory("llama")
+    hardware = _hardware(tmp_path, box.target, tmp_path / "second-home")
+    port = free_port()
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "again")
+    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        agents = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "agent" in (p.info["cmdline"] or [])
+            and "python" in Path((p.info["cmdline"] or [""])[0]).name
+        ]
+        assert len(agents) == 1, [p.info["cmdline"] for p in agents]
+        agents[0].kill()
+        assert _until(lambda: _groups("again")["far"] == "down", 20)
+        assert _ask(port, "near")[0] == 200  # the rest serves on
+        assert _until(lambda: _groups("again")["far"] == "running", 60)
+        assert _until(lambda: _ask(port, "far", 5)[0] == 200, 30)
+        log = (launcher_home / "state" / "logs" / "again" / "supervisor.log").read_text()
+        assert "Host second is back: group(s) far serve again." in log
+    finally:
+        run_cli("down", "again", timeout=120)
+    assert _until(lambda: not _servers(model), 30)

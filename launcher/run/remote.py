@@ -26,6 +26,8 @@ from typing import Any
 from launcher.spec.fleet import RemoteHost
 
 SSH_OPTIONS_ENV = "LLAMA_LAUNCHER_SSH_OPTIONS"  # extra ssh options, e.g. "-F /path/config"
+RETRY_FIRST_S = 5.0  # a host that went down is tried again after this, doubling to RETRY_MAX_S
+RETRY_MAX_S = 60.0
 READY_TIMEOUT_S = 600.0  # planning and loading the remote groups
 Say = Callable[[str], None]
 
@@ -77,6 +79,8 @@ class RemoteSession:
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.started_at = time.monotonic()
+        self.retry_at: float | None = None  # when a down host is tried again
+        self.retries = 0
 
     @property
     def url(self) -> str:
@@ -91,7 +95,41 @@ class RemoteSession:
         if self.state != "stopped":
             self.state = "down"
             self.message = why
+            delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2**self.retries)
+            self.retry_at = time.monotonic() + delay
         self._ready.set()
+
+    def check(self) -> None:
+        """A running session whose tunnel closed is down (its groups cannot be reached)."""
+        if (
+            self.state == "running"
+            and self.tunnel is not None
+            and self.tunnel.returncode is not None
+        ):
+            self._down(f"the tunnel to it closed (ssh exit code {self.tunnel.returncode})")
+            self.say(f"Host {self.host.name} is down: {self.reason}.")
+
+    def due(self) -> bool:
+        """Whether a down host should be tried again now."""
+        return (
+            self.state == "down"
+            and self.retry_at is not None
+            and (time.monotonic() >= self.retry_at)
+        )
+
+    async def reconnect(self) -> bool:
+        """Try a down host again: what is left of the old session goes, a new one starts."""
+        self.retries += 1
+        await self._close_processes()
+        self.state = "starting"
+        self.message = ""
+        self.last_error = ""
+        self.remote_port = None
+        self._ready = asyncio.Event()
+        ok = await self.start()
+        if ok:
+            self.retries = 0
+        return ok
 
     async def start(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
         """Start the agent, hand it the groups, wait until they serve, open the tunnel; False
@@ -194,10 +232,7 @@ class RemoteSession:
                 self.last_error = line
                 self.say(f"{self.host.name}: {line}")
 
-    async def stop(self, drain_s: float) -> None:
-        """Ask the agent to stop its groups and wait for it; close the tunnel."""
-        was = self.state
-        self.state = "stopped"
+    async def _close_processes(self, drain_s: float = 0.0) -> None:
         if self.agent is not None and self.agent.returncode is None:
             assert self.agent.stdin is not None
             with contextlib.suppress(ConnectionError, RuntimeError):
@@ -222,5 +257,11 @@ class RemoteSession:
                 await self.tunnel.wait()
         for task in self._tasks:
             task.cancel()
+
+    async def stop(self, drain_s: float) -> None:
+        """Ask the agent to stop its groups and wait for it; close the tunnel."""
+        was = self.state
+        self.state = "stopped"
+        await self._close_processes(drain_s)
         if was in ("running", "starting"):
             self.say(f"Host {self.host.name}: its groups stopped.")

@@ -915,8 +915,35 @@ class Supervisor:
         for name, snap in zip(self._remote_pollers, polled[len(serving) :], strict=True):
             self.snapshots[name] = snap
 
+    def _retry_remote(self, retrying: set[asyncio.Task[None]]) -> None:
+        """Try each host that went down again, backing off (5 s, doubling to a minute)."""
+        for remote in self.remote_sessions:
+            remote.check()
+            if remote.due() and not any(t.get_name() == remote.host.name for t in retrying):
+                task = asyncio.create_task(self._reconnect(remote), name=remote.host.name)
+                retrying.add(task)
+                task.add_done_callback(retrying.discard)
+
+    async def _reconnect(self, remote: RemoteSession) -> None:
+        names = [g["name"] for g in remote.spec["groups"]]
+        self.say(f"Trying host {remote.host.name} again (attempt {remote.retries + 1}).")
+        if await remote.reconnect():
+            for name in names:
+                self.groups[name].state = "running"
+                self.groups[name].message = ""
+            self.say(f"Host {remote.host.name} is back: group(s) {', '.join(names)} serve again.")
+        else:
+            wait = (remote.retry_at or time.monotonic()) - time.monotonic()
+            self.say(
+                f"Host {remote.host.name} is still down ({remote.reason}); next try in "
+                f"{max(wait, 0):.0f} s."
+            )
+        self._save()
+        self._observe()
+
     async def _watch(self, session: aiohttp.ClientSession) -> None:
         restarting: set[asyncio.Task[None]] = set()
+        retrying: set[asyncio.Task[None]] = set()
         tick = 0
         while not self._stop.is_set():
             for w in self.workers:
@@ -927,6 +954,7 @@ class Supervisor:
                     task.add_done_callback(restarting.discard)
             self._take_requests()
             self._expire()
+            self._retry_remote(retrying)
             await self._poll(session)
             if self.router is not None:
                 await self.router.watch()
@@ -943,7 +971,7 @@ class Supervisor:
                 self._save()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), POLL_INTERVAL_S)
-        for task in restarting:
+        for task in (*restarting, *retrying):
             task.cancel()
 
     def _rotate_own_log(self) -> None:
