@@ -332,3 +332,28 @@ def test_a_lost_agent_is_reconnected_and_its_group_serves_again(
     finally:
         run_cli("down", "again", timeout=120)
     assert _until(lambda: not _servers(model), 30)
+
+
+@needs_sshd
+def test_no_launcher_on_the_second_box_says_what_to_do(
+    tmp_path: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in sshbox.environ(box).items():
+        monkeypatch.setenv(key, value)
+    model = model_factory("llama")
+    hardware = _hardware(tmp_path, box.target, tmp_path / "h")
+    hardware.write_text(hardware.read_text().replace(LAUNCHER, "/nowhere/llama-launcher"))
+    port = free_port()
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "bare")
+    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        said = up.stdout + up.stderr
+        assert "there is no llama-launcher at /nowhere/llama-launcher on it; install it" in said
+        assert _ask(port, "near")[0] == 200
+    finally:
+        run_cli("down", "bare", timeout=120)

@@ -220,8 +220,14 @@ class RemoteSession:
         if len(self._tasks) > 1:  # what ssh said last is the reason
             await asyncio.wait([self._tasks[1]], timeout=2)
         if self.state in ("starting", "running"):
-            said = f": {self.last_error}" if self.last_error else ""
-            self._down(f"its SSH session ended (exit code {code}){said}")
+            if code == 127:  # the shell there found no such command
+                self._down(
+                    f"there is no llama-launcher at {self.host.launcher} on it; install it there "
+                    "(see its README) or set launcher = PATH for that host in the hardware profile"
+                )
+            else:
+                said = f": {self.last_error}" if self.last_error else ""
+                self._down(f"its SSH session ended (exit code {code}){said}")
             self.say(f"Host {self.host.name} is down: {self.reason}.")
 
     async def _read_log(self) -> None:
