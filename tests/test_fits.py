@@ -351,3 +351,29 @@ def test_the_fit_points_carry_what_the_model_needs(spec_of: Callable[..., ModelS
             assert math.isclose(value, getattr(stored, f.name), rel_tol=1e-9), f.name
         else:
             assert value == getattr(stored, f.name), f.name
+
+
+def test_a_hardware_profile_gives_the_cpu_flags_that_decide_the_repacked_copy(
+    model_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    model = str(model_factory("llama", "1b", sparse=True))
+    base = 'format = 1\nname = "cpuonly"\n[[hosts]]\nname = "box"\nram_gb = 32\ncpu_cores = 8\n'
+    plain = tmp_path / "plain.toml"
+    plain.write_text(base)
+    avx2 = tmp_path / "avx2.toml"
+    avx2.write_text(base + 'cpu_flags = ["avx2", "fma"]\n')
+
+    def host_gib(profile: Path) -> float:
+        data = json.loads(run_cli("plan", model, "--hardware", str(profile), "--json").stdout)
+        return float(data["layouts"][0]["host_bytes"]) / 2**30
+
+    # the llama 1b shape's repacked copy: 586.41 MiB, as llama.cpp reported on AVX2
+    assert (host_gib(avx2) - host_gib(plain)) * 1024 == pytest.approx(586.41, abs=0.1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + 'cpu_flags = "avx2"\n')
+    result = run_cli("plan", model, "--hardware", str(bad))
+    assert (
+        result.returncode != 0
+        and "cpu_flags" in result.stderr
+        and "must be a list" in result.stderr
+    )

@@ -51,6 +51,7 @@ _HOST_KEYS = {
     "launcher",
     "home",
     "link",
+    "cpu_flags",
 }
 _SSH = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?$")
 _LINK = re.compile(r"^(?:(\d+(?:\.\d+)?)gbe|(\d+(?:\.\d+)?)\s*gbit)$")
@@ -129,6 +130,10 @@ class _Ctx:
         return value.strip()
 
 
+# the instruction-set flags the planner uses (which weights llama.cpp repacks on a CPU)
+REPACK_FLAGS = ("avx2", "avx512f", "asimddp", "i8mm")
+
+
 def parse_link(text: str) -> float | None:
     """``"1gbe"``, ``"10gbe"``, ``"2.5gbit"`` as Gbit/s; None when it is none of those."""
     match = _LINK.match(text.strip().lower())
@@ -179,6 +184,12 @@ def _host(ctx: _Ctx, raw: dict[str, Any], key: str) -> Host:
         raise ctx.fail(
             f"{key}.link", f"= {link_text!r}: must be 1gbe, 10gbe, 25gbe or a figure like 2.5gbit."
         )
+    flags = raw.get("cpu_flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise ctx.fail(
+            f"{key}.cpu_flags",
+            'must be a list of the CPU\'s instruction-set flags, e.g. ["avx2", "avx512f"].',
+        )
     info = HostInfo(
         name,
         int(ram * GIB),
@@ -186,6 +197,7 @@ def _host(ctx: _Ctx, raw: dict[str, Any], key: str) -> Host:
         int(cores or 1),
         int(numa) if numa else None,
         ctx.text(raw, "address", key),
+        cpu_flags=tuple(sorted(set(flags))),
         ssh=ssh,
         launcher=ctx.text(raw, "launcher", key),
         home=ctx.text(raw, "home", key),
@@ -363,6 +375,9 @@ def profile_toml(inventory: Inventory, name: str) -> dict[str, Any]:
             table["numa_nodes"] = host.info.numa_nodes
         if host.info.address:
             table["address"] = host.info.address
+        wanted = [f for f in host.info.cpu_flags if f in REPACK_FLAGS]
+        if wanted:
+            table["cpu_flags"] = wanted  # what CPU workers' memory depends on
         table["cards"] = cards
         groups = _nvlink_groups(host.links)
         if groups:
