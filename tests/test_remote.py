@@ -357,3 +357,22 @@ def test_no_launcher_on_the_second_box_says_what_to_do(
         assert _ask(port, "near")[0] == 200
     finally:
         run_cli("down", "bare", timeout=120)
+
+
+def test_a_remote_group_survives_json_and_profiles(tmp_path: Path) -> None:
+    from launcher.profiles import launch
+    from launcher.spec.fleet import FleetSpec, GroupSpec, RemoteHost, RouterSpec
+
+    spec = FleetSpec(
+        "two",
+        (GroupSpec("near", "/m/a.gguf"), GroupSpec("far", "/m/b.gguf", host="second")),
+        hardware="two-boxes",
+        remote_hosts=(RemoteHost("second", "me@box:22", "/opt/ll", "/h", 1.0),),
+    )
+    assert FleetSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert [g.name for g in spec.remote_groups] == ["far"] and spec.planned is False
+    saved = launch.save_launch_profile(spec)
+    again = launch.load_launch_profile(saved)
+    assert again.group("far").host == "second" and again.group("near").host is None
+    no_router = FleetSpec(spec.name, spec.groups, RouterSpec(enabled=False))
+    assert any("enable the router" in p for p in no_router.problems())

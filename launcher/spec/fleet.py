@@ -315,6 +315,11 @@ class FleetSpec:
             if m.group is not None and m.group not in groups:
                 out.append(f"Remote member {m.url} names group {m.group!r}, which is not here.")
         for g in self.remote_groups:
+            if not self.router.enabled:
+                out.append(
+                    f"Group {g.name} runs on host {g.host}, which the fleet reaches through its "
+                    "router: enable the router ([router] enabled = true)."
+                )
             if g.on_demand:
                 out.append(f"Group {g.name} runs on host {g.host}: it cannot load on demand.")
         return out
