@@ -29,9 +29,29 @@ LAUNCHER = str(Path(sys.executable).parent / "llama-launcher")
 
 
 @pytest.fixture
-def box(tmp_path: Path) -> Iterator[sshbox.SshBox]:
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sshbox.SshBox]:
+    """The second box, and the launcher's ssh set up to use its key."""
     with sshbox.sshd(tmp_path / "sshd") as running:
+        for key, value in sshbox.environ(running).items():
+            monkeypatch.setenv(key, value)
         yield running
+
+
+def _up(
+    tmp_path: Path,
+    ssh: str,
+    model: Path,
+    llama_server: Path,
+    name: str,
+    edit: Callable[[str], str] = lambda text: text,
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """``up --detach`` of a two-host fleet (group near here, group far on the host at
+    ``ssh``); its router port and what ``up`` printed."""
+    hardware = _hardware(tmp_path, ssh, tmp_path / "second-home")
+    hardware.write_text(edit(hardware.read_text()))
+    port = free_port()
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, name)
+    return port, run_cli("up", str(fleet), "--detach", timeout=240)
 
 
 def _hardware(tmp_path: Path, ssh: str, home: Path) -> Path:
@@ -162,18 +182,12 @@ def test_up_runs_a_group_on_the_second_box_and_down_leaves_nothing(
     box: sshbox.SshBox,
     model_factory: Callable[..., Path],
     llama_server: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``up`` starts the remote group over SSH and routes to it through the tunnel; a
     ``kill -9`` of the remote worker is restarted there; ``down`` stops both sides."""
-    for key, value in sshbox.environ(box).items():
-        monkeypatch.setenv(key, value)
     remote_home = tmp_path / "second-home"
     model = model_factory("llama")
-    hardware = _hardware(tmp_path, box.target, remote_home)
-    port = free_port()
-    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "pair")
-    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    port, up = _up(tmp_path, box.target, model, llama_server, "pair")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         assert "Group far: on host second" in up.stdout
@@ -211,16 +225,10 @@ def test_an_unreachable_host_marks_its_group_down_and_the_rest_serves(
     box: sshbox.SshBox,
     model_factory: Callable[..., Path],
     llama_server: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in sshbox.environ(box).items():
-        monkeypatch.setenv(key, value)
     model = model_factory("llama")
     closed = free_port()  # nothing listens there
-    hardware = _hardware(tmp_path, f"{box.user}@127.0.0.1:{closed}", tmp_path / "h")
-    port = free_port()
-    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "half")
-    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    port, up = _up(tmp_path, f"{box.user}@127.0.0.1:{closed}", model, llama_server, "half")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert _ask(port, "near")[0] == 200
@@ -240,17 +248,11 @@ def test_a_dead_main_supervisor_leaves_nothing_on_the_second_box(
     box: sshbox.SshBox,
     model_factory: Callable[..., Path],
     llama_server: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``kill -9`` of the main box's supervisor: its ssh sessions see their input end, the
     agent stops the remote group after its grace period, the tunnel's far end exits."""
-    for key, value in sshbox.environ(box).items():
-        monkeypatch.setenv(key, value)
     model = model_factory("llama")
-    hardware = _hardware(tmp_path, box.target, tmp_path / "second-home")
-    port = free_port()
-    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "orphan")
-    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    _, up = _up(tmp_path, box.target, model, llama_server, "orphan")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "far: running" in up.stdout + up.stderr
     data = json.loads(run_cli("status", "--json").stdout)
@@ -272,10 +274,8 @@ def test_a_dead_main_supervisor_leaves_nothing_on_the_second_box(
 
 @needs_sshd
 def test_net_test_measures_through_ssh_and_writes_the_link(
-    tmp_path: Path, box: sshbox.SshBox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, box: sshbox.SshBox
 ) -> None:
-    for key, value in sshbox.environ(box).items():
-        monkeypatch.setenv(key, value)
     hardware = _hardware(tmp_path, box.target, tmp_path / "h")
     hardware.write_text(hardware.read_text().replace('link = "1gbe"\n', "# my note\n"))
     result = run_cli("net-test", "second", "--hardware", str(hardware), timeout=120)
@@ -300,19 +300,13 @@ def test_a_lost_agent_is_reconnected_and_its_group_serves_again(
     box: sshbox.SshBox,
     model_factory: Callable[..., Path],
     llama_server: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``kill -9`` of the agent on the second box (its workers die with it): the group is
     marked down at once, the host is tried again after 5 s and the group serves again."""
     import psutil
 
-    for key, value in sshbox.environ(box).items():
-        monkeypatch.setenv(key, value)
     model = model_factory("llama")
-    hardware = _hardware(tmp_path, box.target, tmp_path / "second-home")
-    port = free_port()
-    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "again")
-    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    port, up = _up(tmp_path, box.target, model, llama_server, "again")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         agents = [
@@ -340,16 +334,16 @@ def test_no_launcher_on_the_second_box_says_what_to_do(
     box: sshbox.SshBox,
     model_factory: Callable[..., Path],
     llama_server: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in sshbox.environ(box).items():
-        monkeypatch.setenv(key, value)
     model = model_factory("llama")
-    hardware = _hardware(tmp_path, box.target, tmp_path / "h")
-    hardware.write_text(hardware.read_text().replace(LAUNCHER, "/nowhere/llama-launcher"))
-    port = free_port()
-    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "bare")
-    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    port, up = _up(
+        tmp_path,
+        box.target,
+        model,
+        llama_server,
+        "bare",
+        lambda text: text.replace(LAUNCHER, "/nowhere/llama-launcher"),
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         said = up.stdout + up.stderr
