@@ -44,13 +44,14 @@ def _up(
     llama_server: Path,
     name: str,
     edit: Callable[[str], str] = lambda text: text,
+    overflow: bool = True,
 ) -> tuple[int, subprocess.CompletedProcess[str]]:
     """``up --detach`` of a two-host fleet (group near here, group far on the host at
     ``ssh``); its router port and what ``up`` printed."""
     hardware = _hardware(tmp_path, ssh, tmp_path / "second-home")
     hardware.write_text(edit(hardware.read_text()))
     port = free_port()
-    fleet = _fleet(tmp_path, hardware, model, llama_server, port, name)
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, name, overflow)
     return port, run_cli("up", str(fleet), "--detach", timeout=240)
 
 
@@ -77,7 +78,13 @@ link = "1gbe"
 
 
 def _fleet(
-    tmp_path: Path, hardware: Path, model: Path, llama_server: Path, port: int, name: str
+    tmp_path: Path,
+    hardware: Path,
+    model: Path,
+    llama_server: Path,
+    port: int,
+    name: str,
+    overflow: bool = True,
 ) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(
@@ -101,8 +108,7 @@ host = "second"
 layout = "cpu:1"
 users = 1
 ctx = 512
-[groups.route]
-overflow_to = "near"
+{"[groups.route]" + chr(10) + 'overflow_to = "near"' if overflow else ""}
 [groups.server]
 llama_server = "{llama_server}"
 """
@@ -124,6 +130,21 @@ def _ask(port: int, model: str, timeout: float = 60) -> tuple[int, dict[str, str
             return resp.status, dict(resp.headers)
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers)
+
+
+def _ask_text(port: int, model: str) -> tuple[int, dict[str, str], str]:
+    """As ``_ask``, with the answer's body (the error sentence of a 503)."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()
 
 
 def _servers(model: Path) -> list[int]:
@@ -228,15 +249,17 @@ def test_an_unreachable_host_marks_its_group_down_and_the_rest_serves(
 ) -> None:
     model = model_factory("llama")
     closed = free_port()  # nothing listens there
-    port, up = _up(tmp_path, f"{box.user}@127.0.0.1:{closed}", model, llama_server, "half")
+    target = f"{box.user}@127.0.0.1:{closed}"
+    port, up = _up(tmp_path, target, model, llama_server, "half", overflow=False)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert _ask(port, "near")[0] == 200
 
         assert _until(lambda: _groups("half").get("far") == "down", 60)
         started = time.monotonic()
-        status, _ = _ask(port, "far")
-        assert status in (200, 503) and time.monotonic() - started < 10
+        status, _, text = _ask_text(port, "far")
+        assert status == 503 and time.monotonic() - started < 10
+        assert "runs on another box that cannot be reached now" in text
     finally:
         run_cli("down", "half", timeout=120)
     assert _until(lambda: not _servers(model), 30)
@@ -319,6 +342,8 @@ def test_a_lost_agent_is_reconnected_and_its_group_serves_again(
         agents[0].kill()
         assert _until(lambda: _groups("again")["far"] == "down", 20)
         assert _ask(port, "near")[0] == 200  # the rest serves on
+        status, headers = _ask(port, "far")  # its overflow rule takes it meanwhile
+        assert status == 200 and headers["X-Llama-Launcher-Group"] == "near"
         assert _until(lambda: _groups("again")["far"] == "running", 60)
         assert _until(lambda: _ask(port, "far", 5)[0] == 200, 30)
         log = (launcher_home / "state" / "logs" / "again" / "supervisor.log").read_text()
@@ -351,6 +376,7 @@ def test_no_launcher_on_the_second_box_says_what_to_do(
         assert _ask(port, "near")[0] == 200
     finally:
         run_cli("down", "bare", timeout=120)
+    assert _until(lambda: not _servers(model), 30)
 
 
 def test_a_remote_group_survives_json_and_profiles(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ GROUP_HEADER = "X-Llama-Launcher-Group"
 WORKER_HEADER = "X-Llama-Launcher-Worker"
 ROUTED_HEADER = "X-Llama-Launcher-Routed"  # "overflow" or "rule" when another group served it
 CHARS_PER_TOKEN = 4  # the size rule's estimate of a prompt's tokens
-GROUP_STATES = ("running", "loading", "restarting", "unloaded", "failed")
+# "down": a group on another box that cannot be reached (docs/remote.md)
+GROUP_STATES = ("running", "loading", "restarting", "unloaded", "failed", "down")
 
 GaugeSource = Callable[[], list[tuple[str, dict[str, str], float]]]
 """Extra gauges for /metrics: (name, labels, value), e.g. per-card NVML readings."""
@@ -600,7 +601,8 @@ class Router:
         ):
             return self.groups[route.short_to], "rule"
         if route.overflow_to and group.balancer.pick() is None:
-            queued = group.balancer.waiting >= route.overflow_queue
+            # a group whose box cannot be reached waits for nothing: its overflow takes it all
+            queued = group.state == "down" or group.balancer.waiting >= route.overflow_queue
             slow = (
                 route.overflow_wait_s is not None
                 and group.predicted_wait_s() > route.overflow_wait_s
@@ -661,6 +663,12 @@ class Router:
             return self._busy(
                 f"model {group.name} has failed: its workers are out of restarts; "
                 "'llama-launcher status' says why"
+            )
+        elif group.state == "down":
+            self.rejected_total += 1
+            return self._busy(
+                f"model {group.name} runs on another box that cannot be reached now; it is "
+                "tried again in the background, and 'llama-launcher status' says why"
             )
         elif not group.serving and group.state not in ("loading", "restarting"):
             self.rejected_total += 1

@@ -48,7 +48,7 @@ class WorkerState:
     started: float | None = None  # the process's start time (psutil), with pid its identity
 
 
-GROUP_STATES = ("running", "loading", "unloaded", "failed")
+GROUP_STATES = ("running", "loading", "unloaded", "failed", "down")  # down: another box
 
 
 @dataclass

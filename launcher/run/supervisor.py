@@ -759,7 +759,7 @@ class Supervisor:
                 elif remote.state == "running":
                     run.state = remote.groups.get(run.name, "running")
         for name, run in self.groups.items():
-            state = "failed" if run.state == "down" else run.state
+            state = run.state
             if state == "running":
                 workers = {w.state.state for w in run.workers}
                 if workers and workers <= {"failed"}:
