@@ -396,3 +396,18 @@ def test_a_remote_group_survives_json_and_profiles(tmp_path: Path) -> None:
     assert again.group("far").host == "second" and again.group("near").host is None
     no_router = FleetSpec(spec.name, spec.groups, RouterSpec(enabled=False))
     assert any("enable the router" in p for p in no_router.problems())
+
+
+def test_the_agent_says_what_it_got_wrong() -> None:
+    """Garbage on its input: one ``failed`` event, no traceback (its main box says it)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", "agent"],
+        input='{"spec": 1}\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    event = json.loads(result.stdout)
+    assert event["event"] == "failed" and "no fleet spec" in event["message"]

@@ -37,6 +37,11 @@ def _emit(out: TextIO, event: str, **fields: object) -> None:
 
 def serve(stdin: TextIO, stdout: TextIO, grace_s: float = GRACE_S) -> int:
     """Serve the groups the first stdin line gives until told to stop or stdin ends."""
+    if stdin.isatty():
+        raise LauncherError(
+            "'llama-launcher agent' is started by a fleet's 'up' on another box, over SSH; "
+            "to run groups here, use 'llama-launcher up'."
+        )
     first = stdin.readline()
     try:
         spec = FleetSpec.from_json(json.loads(first)["spec"])
