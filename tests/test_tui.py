@@ -3,7 +3,10 @@ outside tui/)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, TabbedContent
 
 from launcher.gpu.host import HostInfo
@@ -22,6 +25,18 @@ def services(backend: object, fleets: list[FleetState] | None = None) -> Service
         fleets=lambda: list(fleets or []),
         sample_interval_s=0.05,
     )
+
+
+async def open_model(app: LauncherApp, pilot: Pilot[None], model: Path) -> None:
+    """Open ``model`` on the Model screen, as a user types it, and go to the Plan screen."""
+    from textual.widgets import Button, Input
+
+    app.action_show("model")
+    await pilot.pause()
+    app.query_one("#model-path", Input).value = str(model)
+    app.query_one("#model-open", Button).press()
+    await pilot.pause()
+    app.action_show("plan")
 
 
 def text(app: LauncherApp, selector: str) -> str:
@@ -95,7 +110,6 @@ async def test_main_flow_on_a_real_cpu_server(
     import json
     import threading
     import urllib.request
-    from pathlib import Path
 
     from textual.widgets import Button, Input, Select
 
@@ -112,12 +126,7 @@ async def test_main_flow_on_a_real_cpu_server(
     svc.sample_interval_s = 0.5
     app = LauncherApp(svc)
     async with app.run_test(size=(140, 45)) as pilot:
-        app.action_show("model")
-        await pilot.pause()
-        app.query_one("#model-path", Input).value = str(model)
-        app.query_one("#model-open", Button).press()
-        await pilot.pause()
-        app.action_show("plan")
+        await open_model(app, pilot, model)
         await pilot.pause()
         app.query_one("#plan-users", Input).value = "2"
         app.query_one("#plan-ctx", Input).value = "512"
@@ -175,7 +184,6 @@ async def test_main_flow_on_a_real_cpu_server(
 async def test_plan_for_a_profile_reserve_a_card_and_edit_the_split(
     model_factory: object, tmp_path: object
 ) -> None:
-    from pathlib import Path
 
     from textual.widgets import Button, Input, Select
 
@@ -225,7 +233,6 @@ async def test_plan_for_a_profile_reserve_a_card_and_edit_the_split(
 async def test_profiles_load_and_delete_with_confirmation(
     model_factory: object, launcher_home: object, tmp_path: object
 ) -> None:
-    from pathlib import Path
 
     from textual.widgets import Button, Input, Select
 
@@ -332,7 +339,6 @@ async def test_plan_screen_plots_this_boxs_bench_results(
     defaults: list[str],
     shell: dict[str, str],
 ) -> None:
-    from pathlib import Path
 
     from launcher.bench import results
     from launcher.bench.results import BenchRun
@@ -388,7 +394,6 @@ async def test_plan_screen_plots_this_boxs_bench_results(
 async def test_a_model_that_cannot_be_read_leaves_nothing_to_launch(
     model_factory: object, tmp_path: object
 ) -> None:
-    from pathlib import Path
 
     from textual.widgets import Button
 
@@ -413,7 +418,6 @@ async def test_a_model_that_cannot_be_read_leaves_nothing_to_launch(
 async def test_save_as_profile_keeps_the_layout_on_screen(
     model_factory: object, tmp_path: object, launcher_home: object
 ) -> None:
-    from pathlib import Path
 
     from textual.widgets import Button, Input, Select
 
@@ -452,9 +456,8 @@ async def test_measure_button_measures_this_box_and_plans_again(
 ) -> None:
     """The Plan screen's Measure runs plan --measure's three llama-server runs (real, on the
     CPU), shows their progress, then plans again with what it measured."""
-    from pathlib import Path
 
-    from textual.widgets import Button, Input, OptionList
+    from textual.widgets import Button, OptionList
 
     from launcher.plan.fits import ERROR_PCT
 
@@ -463,12 +466,7 @@ async def test_measure_button_measures_this_box_and_plans_again(
     svc = services(gpu_boxes.no_driver_backend())
     app = LauncherApp(svc)
     async with app.run_test(size=(100, 40)) as pilot:
-        app.action_show("model")
-        await pilot.pause()
-        app.query_one("#model-path", Input).value = str(model)
-        app.query_one("#model-open", Button).press()
-        await pilot.pause()
-        app.action_show("plan")
+        await open_model(app, pilot, model)
         app.query_one("#plan-run", Button).press()
         await pilot.pause()
         first = str(app.query_one("#plan-layouts", OptionList).get_option_at_index(0).prompt)
