@@ -76,6 +76,7 @@ class PlanRequest:
     flash_attn: bool = True
     tensor_split: str | None = None  # as typed: plan/split.py reads it
     measure: bool = False  # run the micro-benchmark first (plan --measure)
+    rpc_host: str | None = None  # the host whose cards layout pooled-rpc lends
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def plan_with(
     server_note: str = "",
     router_port: int = DEFAULT_ROUTER_PORT,
     mmproj: Path | None = None,
+    rpc_host: str | None = None,
 ) -> PlanOutcome:
     """Plan ``model`` for ``workload`` and set this box's bench results beside it; on this
     box, with the constants ``plan --measure`` measured here, if it was run."""
@@ -141,6 +143,7 @@ def plan_with(
         mmproj_bytes=mmproj_bytes,
         mmproj_path=str(mmproj) if mmproj else None,
         calibration=calibration_for(inventory),
+        rpc_host=rpc_host or default_rpc_host(inventory, layout),
     )
     keys = results.keys_for(inventory, model, target)
     flags = results.inherited_flags(result, target)
@@ -155,6 +158,13 @@ def plan_with(
         None if runs else results.stale_note(keys, flags),
         tuple(runs),
     )
+
+
+def default_rpc_host(inventory: Inventory, layout: str) -> str | None:
+    """For ``--layout pooled-rpc`` without a host named: the first other host with cards."""
+    if layout != "pooled-rpc":
+        return None
+    return next((h.name for h in inventory.hosts[1:] if h.cards), None)
 
 
 def calibration_for(inventory: Inventory) -> Calibration | None:
@@ -206,6 +216,7 @@ def plan_model(request: PlanRequest, say: measure.Say | None = None) -> PlanOutc
         server_note=note,
         router_port=request.router_port,
         mmproj=request.mmproj,
+        rpc_host=request.rpc_host,
     )
 
 

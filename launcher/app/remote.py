@@ -100,6 +100,6 @@ def net_test(target: str, profile: str | None, say: Callable[[str], None]) -> Ne
                 "keep the figure"
             )
         else:
-            hardware_profiles.set_host_link(path, host.name, link)
+            hardware_profiles.set_host_link(path, host.name, link, figures.round_trip_ms)
             written = path
     return NetTest(host, figures, link, written, note)

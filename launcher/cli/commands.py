@@ -126,6 +126,7 @@ def _plan_request(args: argparse.Namespace, model: str) -> planning.PlanRequest:
         flash_attn=args.flash_attn != "off",
         tensor_split=args.tensor_split,
         measure=getattr(args, "measure", False),
+        rpc_host=getattr(args, "rpc_host", None),
     )
 
 

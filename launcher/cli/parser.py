@@ -61,7 +61,14 @@ def _plan_options(p: argparse.ArgumentParser, hardware_help: str) -> None:
         "--layout",
         default="auto",
         metavar="KIND",
-        help="auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload or cpu:N",
+        help="auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload, "
+        "pooled-rpc or cpu:N",
+    )
+    p.add_argument(
+        "--rpc-host",
+        metavar="NAME",
+        help="for --layout pooled-rpc: the hardware profile's host whose cards are pooled "
+        "with this box's over llama.cpp RPC (default: the first other host with cards)",
     )
     cards = p.add_mutually_exclusive_group()
     cards.add_argument("--cards", metavar="LIST", help="cards to use: indices or UUIDs")

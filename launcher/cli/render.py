@@ -10,6 +10,7 @@ from launcher.app.planning import BoxOutcome, PlanOutcome, Verification
 from launcher.bench.load import LoadResult
 from launcher.gpu.findings import Finding
 from launcher.gpu.inventory import Inventory
+from launcher.plan.advisor import Across
 
 
 def say(line: str) -> None:
@@ -156,7 +157,7 @@ def print_plan(outcome: PlanOutcome) -> None:
             )
             for c in lay.cards:
                 print(
-                    f"   {c.card:>6} {len(c.layers):>6} {c.weights_bytes / 2**30:>9.2f} "
+                    f"   {c.label:>6} {len(c.layers):>6} {c.weights_bytes / 2**30:>9.2f} "
                     f"{c.kv_bytes / 2**30:>8.2f} {c.compute_bytes / 2**30:>8.2f} "
                     f"{c.total_bytes / 2**30:>8.2f} {c.free_after_bytes / 2**30:>11.2f}"
                 )
@@ -166,8 +167,25 @@ def print_plan(outcome: PlanOutcome) -> None:
         print()
     for line in result.advice:
         print(line)
+    if result.across is not None:
+        _print_across(result.across)
     for line in outcome.notes:
         print(line)
+
+
+def _print_across(across: Across) -> None:
+    """The plan's second box: only this box, route to a copy there, or pool over RPC."""
+    assumed = "" if across.link_given else "; the profile gives no link, 1 GbE assumed"
+    print(f"With host {across.host} ({across.link.describe()}{assumed}):")
+    for i, o in enumerate(across.options, 1):
+        if o.feasible:
+            print(
+                f"  {i}. {o.label}: aggregate {o.aggregate_tok_s:.0f} tok/s, single "
+                f"{o.single_user_tok_s:.1f} tok/s; {o.detail}."
+            )
+        else:
+            print(f"  {i}. {o.label}: not possible, {o.problem}.")
+    print()
 
 
 def print_box_plan(outcome: BoxOutcome) -> None:

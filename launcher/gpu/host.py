@@ -28,6 +28,7 @@ class HostInfo:
     launcher: str | None = None
     home: str | None = None
     link_gbit: float | None = None
+    rtt_ms: float | None = None  # the round trip to it, as net-test measured it
 
 
 def this_host() -> HostInfo:

@@ -100,7 +100,8 @@ class ServerArgs:
     flash_attn: bool = True
     gpu_layers: int | None = None  # -ngl; None on CPU workers
     split_mode: str | None = None  # -sm none | layer | tensor
-    tensor_split: tuple[int, ...] = ()  # -ts, layers per card
+    tensor_split: tuple[int, ...] = ()  # -ts, layers per device (RPC devices first)
+    rpc: tuple[str, ...] = ()  # --rpc: rpc-servers (host:port) lending their devices
     fit_off: bool = False  # --fit off, so that what runs is what was planned
     threads: int | None = None  # -t
     mmproj: str | None = None
@@ -139,6 +140,8 @@ class ServerArgs:
             self.kv_type,
             *_without_overridden(self.defaults, self.extra),
         ]
+        if self.rpc:
+            argv += ["--rpc", ",".join(self.rpc)]
         if self.gpu_layers is not None:
             argv += ["-ngl", str(self.gpu_layers)]
         if self.split_mode is not None:

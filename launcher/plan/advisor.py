@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from launcher.gpu.inventory import Inventory
+from launcher.errors import LauncherError
+from launcher.gpu.inventory import Host, Inventory
 from launcher.llamacpp.probe import ServerTarget
 from launcher.model.spec import ModelSpec
 from launcher.plan import layouts as lay
+from launcher.plan import network
 from launcher.plan.fits import Calibration
 from launcher.plan.layouts import Layout
 from launcher.plan.workload import Workload
@@ -34,12 +36,59 @@ class RankedLayout:
 
 
 @dataclass(frozen=True)
+class AcrossOption:
+    """One way to use a second box for the model: only the main box, route some requests to
+    a copy on the other box, or pool both boxes' cards over RPC."""
+
+    kind: str  # main, route, pool
+    label: str
+    aggregate_tok_s: float
+    single_user_tok_s: float
+    detail: str
+    problem: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.problem is None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "feasible": self.feasible,
+            "aggregate_tok_s": round(self.aggregate_tok_s, 1),
+            "single_user_tok_s": round(self.single_user_tok_s, 1),
+            "detail": self.detail,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
+class Across:
+    """The second box in the plan: the link and the options, best first."""
+
+    host: str
+    link: network.Link
+    link_given: bool  # False: the profile gives no link and 1 GbE was assumed
+    options: tuple[AcrossOption, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "link": {"gbit": self.link.gbit, "rtt_ms": round(self.link.rtt_s * 1000, 3)},
+            "link_given": self.link_given,
+            "options": [o.to_json() for o in self.options],
+        }
+
+
+@dataclass(frozen=True)
 class Plan:
     spec: ModelSpec
     workload: Workload
     host_name: str
     layouts: tuple[RankedLayout, ...]
     advice: tuple[str, ...]  # what would fit, when nothing does
+    across: Across | None = None  # a hardware profile's second box with cards
 
     @property
     def best(self) -> RankedLayout | None:
@@ -53,6 +102,7 @@ class Plan:
             "host": self.host_name,
             "layouts": [r.to_json() for r in self.layouts],
             "advice": list(self.advice),
+            "across": self.across.to_json() if self.across else None,
         }
 
 
@@ -88,12 +138,25 @@ def plan(
     mmproj_bytes: int = 0,
     mmproj_path: str | None = None,
     calibration: Calibration | None = None,
+    rpc_host: str | None = None,
 ) -> Plan:
-    """The ranked layouts of ``spec`` for ``workload`` on the inventory's first host."""
+    """The ranked layouts of ``spec`` for ``workload`` on the inventory's first host;
+    ``rpc_host``: the host whose cards layout ``pooled-rpc`` lends. With a second host that
+    has cards, the plan also ranks routing to it against pooling with it (``Plan.across``)."""
     host = inventory.local
     server = server or ServerTarget()
+    rpc = rpc_box(inventory, rpc_host) if rpc_host else None
     built = lay.build_layouts(
-        spec, host, workload, server, kind, router_port, mmproj_bytes, mmproj_path, calibration
+        spec,
+        host,
+        workload,
+        server,
+        kind,
+        router_port,
+        mmproj_bytes,
+        mmproj_path,
+        calibration,
+        rpc,
     )
     ranked = sorted(built, key=lambda item: (not item.feasible, -_score(item, workload.goal)))
     feasible = [item for item in ranked if item.feasible]
@@ -106,7 +169,138 @@ def plan(
         if fully or kind.startswith("cpu:")
         else _what_would_fit(spec, inventory, workload, server, kind)
     )
-    return Plan(spec, workload, host.name, tuple(out), advice)
+    second = next((h for h in inventory.hosts[1:] if h.cards), None)
+    across = (
+        _across(spec, host, second, workload, server, calibration)
+        if second is not None and not kind.startswith("cpu:")
+        else None
+    )
+    return Plan(spec, workload, host.name, tuple(out), advice, across)
+
+
+def link_to(host: Host) -> tuple[network.Link, bool]:
+    """The link to ``host`` as its profile gives it, and whether it did (else 1 GbE)."""
+    given = host.info.link_gbit is not None
+    return network.Link(host.info.link_gbit or 1.0, host.info.rtt_ms), given
+
+
+def rpc_box(inventory: Inventory, name: str) -> lay.RpcBox:
+    """Host ``name``'s cards, to be pooled over RPC; one sentence when it has none."""
+    host = next((h for h in inventory.hosts[1:] if h.name == name), None)
+    if host is None:
+        others = ", ".join(h.name for h in inventory.hosts[1:]) or "none"
+        raise LauncherError(
+            f"Host {name} is not a second host of the hardware profile (its other hosts: "
+            f"{others}); pooled-rpc lends the cards of a host listed there."
+        )
+    if not host.cards:
+        raise LauncherError(
+            f"Host {name} lists no cards; add its [[hosts.cards]] to the hardware profile so "
+            "that pooled-rpc can place layers on them."
+        )
+    return lay.RpcBox(host.name, host.cards, link_to(host)[0])
+
+
+ROUTE_SHORT, ROUTE_LONG = 50, 500  # answer tokens of a short and a long request
+
+
+def _across(
+    spec: ModelSpec,
+    main: Host,
+    second: Host,
+    workload: Workload,
+    server: ServerTarget,
+    calibration: Calibration | None,
+) -> Across:
+    """Only the main box, a copy on the second box that takes some of the requests (the
+    router's overflow or a model name), or one worker over both boxes' cards (RPC)."""
+    link, given = link_to(second)
+    goal = workload.goal
+    single = dataclasses.replace(workload, tensor_split=())
+    here = [
+        l
+        for l in lay.build_layouts(spec, main, single, server, calibration=calibration)
+        if l.feasible
+    ]
+    best_main = max(here, key=lambda l: _score(l, goal)) if here else None
+    options = []
+    if best_main is not None:
+        t = best_main.throughput
+        options.append(
+            AcrossOption(
+                "main",
+                f"main box only ({best_main.kind})",
+                t.aggregate_tok_s,
+                t.single_user_tok_s,
+                f"{main.name}: {t.aggregate_tok_s:.0f} tok/s, {t.single_user_tok_s:.1f} for one",
+            )
+        )
+    else:
+        options.append(
+            AcrossOption("main", "main box only", 0, 0, "", "the model does not fit there")
+        )
+    there = [
+        l
+        for l in lay.build_layouts(spec, second, single, server, calibration=calibration)
+        if l.feasible and l.kind != "partial-offload"
+    ]
+    short = network.route_overhead_s(link, workload.prompt_tokens, ROUTE_SHORT) * 1000
+    long = network.route_overhead_s(link, workload.prompt_tokens, ROUTE_LONG) * 1000
+    if there:
+        copy = max(there, key=lambda l: _score(l, goal))
+        t = copy.throughput
+        main_agg = best_main.throughput.aggregate_tok_s if best_main else 0.0
+        main_single = best_main.throughput.single_user_tok_s if best_main else t.single_user_tok_s
+        options.append(
+            AcrossOption(
+                "route",
+                f"route to {second.name} ({copy.kind} there)",
+                main_agg + t.aggregate_tok_s,
+                main_single,
+                f"{second.name} adds {t.aggregate_tok_s:.0f} tok/s ({t.single_user_tok_s:.1f} "
+                f"for one); a request sent there takes +{short:.1f} ms at {ROUTE_SHORT} "
+                f"tokens, +{long:.1f} ms at {ROUTE_LONG}",
+            )
+        )
+    else:
+        options.append(
+            AcrossOption(
+                "route",
+                f"route to {second.name}",
+                0,
+                0,
+                "",
+                f"the model fits on no card of {second.name}",
+            )
+        )
+    pooled = lay.build_layouts(
+        spec,
+        main,
+        single,
+        server,
+        "pooled-rpc",
+        calibration=calibration,
+        rpc=lay.RpcBox(second.name, second.cards, link),
+    )[0]
+    t = pooled.throughput
+    options.append(
+        AcrossOption(
+            "pool",
+            f"pool with {second.name} over RPC",
+            t.aggregate_tok_s,
+            t.single_user_tok_s,
+            pooled.notes[0],
+            pooled.problem,
+        )
+    )
+    ranked = sorted(
+        options,
+        key=lambda o: (
+            not o.feasible,
+            -(o.single_user_tok_s if goal == "latency" else o.aggregate_tok_s),
+        ),
+    )
+    return Across(second.name, link, given, tuple(ranked))
 
 
 def _reason(item: Layout, index: int, feasible: list[Layout], workload: Workload) -> str:

@@ -3,7 +3,9 @@
 Kinds (DESIGN.md): ``per-card`` (one worker per card that fits), ``pooled-layer`` and
 ``pooled-tensor`` (one worker over all cards, ``-sm layer`` / ``-sm tensor``), ``groups:K``
 (pooled-layer groups of K cards, one worker each), ``partial-offload`` (some layers on the
-host) and ``cpu:N`` (N CPU workers). Each process carries the exact argv and environment.
+host), ``cpu:N`` (N CPU workers) and ``pooled-rpc`` (one ``-sm layer`` worker over another
+box's cards, lent by its rpc-server, and this box's; docs/remote.md). Each process carries the
+exact argv and environment.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from launcher.gpu.inventory import Host
 from launcher.llamacpp.args import ServerArgs
 from launcher.llamacpp.probe import ServerTarget, default_flags
 from launcher.model.spec import ModelSpec, name_from_model
-from launcher.plan import fits, perf
+from launcher.plan import fits, network, perf
 from launcher.plan import memory as mem
 from launcher.plan.fits import Basis, Calibration, GpuConstants
 from launcher.plan.memory import CardMemory
@@ -30,6 +32,17 @@ from launcher.plan.workload import Workload
 # Free memory a card must keep after loading, for fragmentation and the driver's own needs.
 MIN_HEADROOM_BYTES = 256 << 20
 DEFAULT_ROUTER_PORT = 8080
+RPC_PORT_OFFSET = 90  # a pooled-rpc worker reaches rpc-server at router port + this (a tunnel)
+
+
+@dataclass(frozen=True)
+class RpcBox:
+    """Another box whose cards a pooled-rpc worker uses through llama.cpp's rpc-server, and
+    the link to it (a hardware profile's host)."""
+
+    host: str
+    cards: tuple[GpuCard, ...]
+    link: network.Link
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,7 @@ class _Ctx:
     model_arg: str
     mmproj_arg: str | None
     calibration: Calibration | None = None
+    rpc: RpcBox | None = None
 
     def constants(self, cards: Sequence[GpuCard]) -> tuple[GpuConstants, Basis]:
         """Speed constants of a worker on ``cards`` (those of its slowest card)."""
@@ -440,6 +454,75 @@ def pooled_tensor(ctx: _Ctx) -> Layout:
     )
 
 
+def pooled_rpc(ctx: _Ctx) -> Layout:
+    """One ``-sm layer`` worker over another box's cards (its rpc-server's devices, which
+    llama.cpp puts first) and this box's: the first layers there, the rest and the output
+    here. Each decode step sends the hidden state there and back, with the attention mask of
+    the layers there, over the link (``network.rpc_step_s``)."""
+    assert ctx.rpc is not None
+    w = ctx.workload
+    remote, local = ctx.rpc.cards, ctx.cards
+    devices = (*remote, *local)
+    slots = max(w.users, 1)
+    free = [_free(c) for c in devices]
+    split = (
+        list(layer_counts(w.tensor_split, len(devices), ctx.spec.n_layer))
+        if w.tensor_split
+        else mem.balanced_shares(
+            ctx.spec, free, w.ctx, slots, w.kv_type, w.n_ubatch, flash_attn=w.flash_attn
+        )
+    )
+    memory, host = mem.layer_split_memory(
+        ctx.spec,
+        [(c.index, c.uuid, f) for c, f in zip(devices, free, strict=True)],
+        split,
+        w.ctx,
+        slots,
+        w.kv_type,
+        w.n_ubatch,
+        flash_attn=w.flash_attn,
+    )
+    memory = [
+        dataclasses.replace(m, host=ctx.rpc.host) if i < len(remote) else m
+        for i, m in enumerate(memory)
+    ]
+    endpoint = f"127.0.0.1:{ctx.router_port + RPC_PORT_OFFSET}"
+    placement = {**_gpu(ctx, "layer", 999, split), "rpc": (endpoint,)}
+    args = _args(ctx, ctx.router_port + 1, slots, **placement)
+    stages = _stages(ctx, devices, memory)
+    constants, basis = ctx.constants(devices)
+    layer_step = _layer_step(ctx, stages, constants)
+    link = ctx.rpc.link
+    used = min(w.ctx, w.prompt_tokens + 64)
+
+    def step(batch: int) -> float:
+        return layer_step(batch) + network.rpc_step_s(link, ctx.spec.n_embd, batch, used * batch)
+
+    single, aggregate = _rates(step, [slots])
+    pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, ctx.spec.n_layer, False, w.n_ubatch)
+    remote_layers = sum(split[: len(remote)])
+    notes = (
+        f"{remote_layers} of {ctx.spec.n_layer} layers on host {ctx.rpc.host} over RPC "
+        f"({link.describe()}): each decode step adds "
+        f"{network.rpc_step_s(link, ctx.spec.n_embd, 1, used) * 1000:.1f} ms for one user, "
+        f"{network.rpc_step_s(link, ctx.spec.n_embd, slots, used * slots) * 1000:.1f} ms "
+        f"for {slots}",
+        f"the rpc-server on {ctx.rpc.host} has no authentication: it listens on that box's "
+        "127.0.0.1 only and is reached through an SSH tunnel",
+    )
+    return Layout(
+        "pooled-rpc",
+        (Process(args, _env(local), tuple(c.index for c in local)),),
+        tuple(memory),
+        host,
+        Throughput(single, aggregate, pp),
+        problem=_fit_problem(memory),
+        tensor_split=tuple(split),
+        notes=notes,
+        basis=basis,
+    )
+
+
 def groups(ctx: _Ctx, k: int) -> Layout:
     """Pooled-layer groups of ``k`` cards (in PCI order), one worker per group."""
     n = len(ctx.cards) // k
@@ -628,10 +711,17 @@ def build_layouts(
     mmproj_bytes: int = 0,
     mmproj_path: str | None = None,
     calibration: Calibration | None = None,
+    rpc: RpcBox | None = None,
 ) -> list[Layout]:
     """Every layout of ``kind`` (``auto``: all that apply) for ``spec`` on ``host``; with a
-    tensor split in ``workload``, the pooled layouts that take it."""
+    tensor split in ``workload``, the pooled layouts that take it. ``rpc``: another box's
+    cards that layout ``pooled-rpc`` pools with these (asked for, or ranked under auto)."""
     cards = select_cards(host, workload)
+    if kind == "pooled-rpc" and (rpc is None or not rpc.cards):
+        raise LauncherError(
+            "Layout pooled-rpc needs another box's cards: give the group rpc_host = NAME, a "
+            'host of the fleet\'s hardware profile with [[hosts.cards]] and ssh = "user@host".'
+        )
     ctx = _Ctx(
         spec,
         host,
@@ -643,7 +733,10 @@ def build_layouts(
         str(spec.path),
         mmproj_path,
         calibration,
+        rpc,
     )
+    if kind == "pooled-rpc":
+        return [pooled_rpc(ctx)]
     if workload.tensor_split:
         pooled = ("pooled-layer", "pooled-tensor")
         if kind not in ("auto", *pooled):
@@ -698,12 +791,14 @@ def build_layouts(
         for k in range(2, len(cards)):
             if len(cards) % k == 0:
                 out.append(groups(ctx, k))
+    if kind == "auto" and rpc is not None and rpc.cards and not workload.tensor_split:
+        out.append(pooled_rpc(ctx))
     if kind == "partial-offload" or (kind == "auto" and not any(layout.feasible for layout in out)):
         out.append(partial_offload(ctx))
     if not out:
         raise LauncherError(
             f"Unknown layout '{kind}'; choose auto, per-card, pooled-layer, "
-            "pooled-tensor, groups:K, partial-offload or cpu:N."
+            "pooled-tensor, groups:K, partial-offload, pooled-rpc or cpu:N."
         )
     return out
 

@@ -65,6 +65,12 @@ class CardMemory:
     kv_bytes: int
     compute_bytes: int  # compute buffer plus the per-card CUDA overhead
     free_bytes: int  # free before loading
+    host: str | None = None  # another box whose card this is (lent over RPC); None: this box
+
+    @property
+    def label(self) -> str:
+        """``3``, or ``lan-box:0`` for a card of another box."""
+        return f"{self.host}:{self.card}" if self.host else str(self.card)
 
     @property
     def total_bytes(self) -> int:
@@ -77,6 +83,7 @@ class CardMemory:
     def to_json(self) -> dict[str, object]:
         return {
             "index": self.card,
+            "host": self.host,
             "uuid": self.uuid,
             "weights_bytes": self.weights_bytes,
             "kv_bytes": self.kv_bytes,

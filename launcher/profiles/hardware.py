@@ -51,6 +51,7 @@ _HOST_KEYS = {
     "launcher",
     "home",
     "link",
+    "rtt_ms",
     "cpu_flags",
 }
 _SSH = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?$")
@@ -202,6 +203,7 @@ def _host(ctx: _Ctx, raw: dict[str, Any], key: str) -> Host:
         launcher=ctx.text(raw, "launcher", key),
         home=ctx.text(raw, "home", key),
         link_gbit=link_gbit,
+        rtt_ms=ctx.number(raw, "rtt_ms", key),
     )
     cards: list[GpuCard] = []
     cards_raw = raw.get("cards", [])
@@ -417,11 +419,15 @@ def save_profile(inventory: Inventory, name: str, *, force: bool = False) -> Pat
     return store.write_new(KIND, name, text, force=force)
 
 
-def set_host_link(path: Path, host: str, link: str) -> None:
-    """Write ``link = "..."`` into host ``host`` of the profile at ``path``, leaving every
-    other line (comments too) as it is; the file is replaced whole, never half-written."""
+def set_host_link(path: Path, host: str, link: str, rtt_ms: float | None = None) -> None:
+    """Write ``link = "..."`` (and ``rtt_ms``) into host ``host`` of the profile at ``path``,
+    leaving every other line (comments too) as it is; the file is replaced whole, never
+    half-written."""
     lines = path.read_text().splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if line.strip() == "[[hosts]]"]
+    entries = {"link": f'link = "{link}"\n'}
+    if rtt_ms is not None:
+        entries["rtt_ms"] = f"rtt_ms = {rtt_ms:.3f}\n"
     for start in starts:
         end = next(
             (
@@ -435,12 +441,12 @@ def set_host_link(path: Path, host: str, link: str) -> None:
         name_at = next((i for i, line in enumerate(block) if re.match(r"\s*name\s*=", line)), None)
         if name_at is None or f'"{host}"' not in block[name_at]:
             continue
-        entry = f'link = "{link}"\n'
-        link_at = next((i for i, line in enumerate(block) if re.match(r"\s*link\s*=", line)), None)
-        if link_at is not None:
-            block[link_at] = entry
-        else:
-            block.insert(name_at + 1, entry)
+        for key, entry in entries.items():
+            at = next((i for i, line in enumerate(block) if re.match(rf"\s*{key}\s*=", line)), None)
+            if at is not None:
+                block[at] = entry
+            else:
+                block.insert(name_at + 1, entry)
         lines[start:end] = block
         store.replace_text(path, "".join(lines))
         return

@@ -1,4 +1,4 @@
-"""Build llama-server, llama-bench and llama-fit-params from source and install them.
+"""Build llama-server, llama-bench, llama-fit-params and rpc-server from source and install them.
 
 The source is the llama.cpp tree vendored in a llama-cpp-python source distribution on PyPI
 (a registry every machine can reach), or a checkout the user already has. Builds are installed
@@ -29,7 +29,10 @@ from launcher.errors import LauncherError
 from launcher.gpu import nvml
 
 DEFAULT_LLAMA_CPP_PYTHON = "0.3.36"
-TARGETS = ("llama-server", "llama-bench", "llama-fit-params")
+TARGETS = ("llama-server", "llama-bench", "llama-fit-params", "rpc-server")
+"""Built with llama.cpp's RPC backend (``-DGGML_RPC=ON``): llama-server takes ``--rpc`` and
+rpc-server lends this box's devices to another box's llama-server (layout ``pooled-rpc``).
+Installed under these names; the build target of rpc-server is ``rpc_target``'s."""
 MANIFEST = "install.json"
 
 Report = Callable[[str], None]
@@ -64,6 +67,15 @@ class Installation:
     @property
     def server(self) -> Path:
         return self.bin_dir / "llama-server"
+
+    @property
+    def rpc_server(self) -> Path:
+        return self.bin_dir / "rpc-server"
+
+    @property
+    def has_rpc(self) -> bool:
+        """Whether this build has RPC (builds made before it was part of the install lack it)."""
+        return self.rpc_server.is_file()
 
     @property
     def models_dir(self) -> Path:
@@ -477,14 +489,31 @@ def build(
         "-DLLAMA_USE_PREBUILT_UI=OFF",
         "-DLLAMA_BUILD_UI=OFF",
         f"-DLLAMA_BUILD_COMMIT={llama_cpp_version(tree)}",
+        "-DGGML_RPC=ON",
         *choice.cmake_args,
     ]
     report("configuring (cmake)")
     _run_step("configure", configure, log, report)
     n = jobs or os.cpu_count() or 2
     report(f"compiling {', '.join(TARGETS)} with {n} jobs ({choice.backend}); this takes a while")
-    cmd = [cmake, "--build", str(build_dir), "--target", *TARGETS, "-j", str(n)]
+    targets = build_targets(tree).values()
+    cmd = [cmake, "--build", str(build_dir), "--target", *targets, "-j", str(n)]
     _run_step("build", cmd, log, report, progress=True)
+
+
+def rpc_target(tree: Path) -> str:
+    """The build target of rpc-server in ``tree``: newer llama.cpp calls it ggml-rpc-server."""
+    try:
+        text = (tree / "tools" / "rpc" / "CMakeLists.txt").read_text()
+    except OSError:
+        return "rpc-server"
+    match = re.search(r"set\(TARGET\s+([\w-]+)\)", text)
+    return match.group(1) if match else "rpc-server"
+
+
+def build_targets(tree: Path) -> dict[str, str]:
+    """Each installed binary's name and the build target that makes it."""
+    return {t: (rpc_target(tree) if t == "rpc-server" else t) for t in TARGETS}
 
 
 def install_server(request: InstallRequest, report: Report) -> tuple[Installation, bool]:
@@ -499,7 +528,13 @@ def install_server(request: InstallRequest, report: Report) -> tuple[Installatio
     if not request.force:
         for inst in installations():
             if inst.source == label and inst.backend == choice.backend:
-                return inst, False
+                if inst.has_rpc:
+                    return inst, False
+                report(
+                    f"the build in {inst.root} has no rpc-server (made before RPC was part of "
+                    "the install); building it again with RPC"
+                )
+                break
     _, cmake = check_toolchain()
     paths.cache_dir().mkdir(parents=True, exist_ok=True)
     log = paths.cache_dir() / "logs" / f"install-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -531,11 +566,11 @@ def _install(
     try:
         (staging / "bin").mkdir()
         (staging / "models").mkdir()
-        for target in TARGETS:
+        for name, target in build_targets(tree).items():
             built = build_dir / "bin" / target
             if not built.is_file():
                 raise LauncherError(f"The build did not produce {target}; see the log above.")
-            shutil.copy2(built, staging / "bin" / target)
+            shutil.copy2(built, staging / "bin" / name)
         for vocab in sorted((tree / "models").glob("ggml-vocab-*.gguf")):
             shutil.copy2(vocab, staging / "models" / vocab.name)
         manifest = {
