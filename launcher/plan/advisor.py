@@ -218,11 +218,11 @@ def _across(
     goal = workload.goal
     single = dataclasses.replace(workload, tensor_split=())
     here = [
-        l
-        for l in lay.build_layouts(spec, main, single, server, calibration=calibration)
-        if l.feasible
+        x
+        for x in lay.build_layouts(spec, main, single, server, calibration=calibration)
+        if x.feasible
     ]
-    best_main = max(here, key=lambda l: _score(l, goal)) if here else None
+    best_main = max(here, key=lambda x: _score(x, goal)) if here else None
     options = []
     if best_main is not None:
         t = best_main.throughput
@@ -240,14 +240,14 @@ def _across(
             AcrossOption("main", "main box only", 0, 0, "", "the model does not fit there")
         )
     there = [
-        l
-        for l in lay.build_layouts(spec, second, single, server, calibration=calibration)
-        if l.feasible and l.kind != "partial-offload"
+        x
+        for x in lay.build_layouts(spec, second, single, server, calibration=calibration)
+        if x.feasible and x.kind != "partial-offload"
     ]
     short = network.route_overhead_s(link, workload.prompt_tokens, ROUTE_SHORT) * 1000
     long = network.route_overhead_s(link, workload.prompt_tokens, ROUTE_LONG) * 1000
     if there:
-        copy = max(there, key=lambda l: _score(l, goal))
+        copy = max(there, key=lambda x: _score(x, goal))
         t = copy.throughput
         main_agg = best_main.throughput.aggregate_tok_s if best_main else 0.0
         main_single = best_main.throughput.single_user_tok_s if best_main else t.single_user_tok_s

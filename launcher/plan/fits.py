@@ -36,6 +36,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 FITS_FILE = Path(__file__).with_name("fits.toml")
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
 # A host whose memory bandwidth was never measured: assumed (a server's several channels; a
 # desktop's two give less, which plan --measure finds)
 UNMEASURED_HOST_BW = 100e9

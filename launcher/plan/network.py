@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from launcher.plan.fits import FITS_FILE, tomllib
+from launcher.plan.fits import FITS_FILE, load_toml
 
 F32 = 4  # bytes of one activation value (llama.cpp's hidden state between layers)
 MASK_BYTES = 2  # the attention mask is f16, one value per KV cell per token
@@ -37,7 +37,7 @@ class NetworkConstants:
 
 @cache
 def constants() -> NetworkConstants:
-    data: dict[str, Any] = tomllib.loads(FITS_FILE.read_text())["network"]
+    data: dict[str, Any] = load_toml(FITS_FILE)["network"]
     return NetworkConstants(
         float(data["efficiency"]),
         {str(k): float(v) for k, v in data["rtt_ms"].items()},
