@@ -39,7 +39,8 @@ FITS_FILE = Path(__file__).with_name("fits.toml")
 
 
 def load_toml(path: Path) -> dict[str, Any]:
-    return tomllib.loads(path.read_text())
+    data: dict[str, Any] = tomllib.loads(path.read_text())
+    return data
 
 
 # A host whose memory bandwidth was never measured: assumed (a server's several channels; a
