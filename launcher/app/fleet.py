@@ -280,17 +280,41 @@ def plan_spec(
         box = hardware.inventory()
         option = llama_server or local.groups[0].server.llama_server
         target = server.required_target(option)
-        if len(local.groups) > 1:
-            groups, lines = _plan_box(local, box, target, replan, box_cards)
+        pooled = [g for g in local.groups if g.rpc_host]
+        if pooled and len(local.groups) > 1 and not all(g.cards for g in pooled):
+            raise LauncherError(
+                f"Group {pooled[0].name} pools host {pooled[0].rpc_host}'s cards over RPC "
+                "beside other groups on this box: give it cards = [...] in the profile, so "
+                "that the others are planned on the rest."
+            )
+        for group in pooled:
+            with_rpc = remote.with_hosts_of(box, spec.hardware)
+            planned, said = _plan_group(group, with_rpc, target, local, replan)
+            groups.append(planned)
+            lines += said
+        rest = replace(local, groups=tuple(g for g in local.groups if not g.rpc_host))
+        box = _without_cards(box, [c for g in groups for c in g.cards])
+        if len(rest.groups) > 1:
+            planned_box, said_box = _plan_box(rest, box, target, replan, box_cards)
+            groups += planned_box
+            lines += said_box
         else:
-            for group in local.groups:
-                planned, said = _plan_group(group, box, target, local, replan)
+            for group in rest.groups:
+                planned, said = _plan_group(group, box, target, rest, replan)
                 groups.append(planned)
                 lines += said
     numbered = {g.name: g for g in _number_ports(groups, spec.router.port)}
     ordered = tuple(numbered.get(g.name, g) for g in spec.groups)
     planned_spec = replace(spec, groups=ordered, remote_hosts=remote_hosts)
     return PreparedFleet(planned_spec, (*lines, *remote_lines))
+
+
+def _without_cards(box: Inventory, taken: list[str]) -> Inventory:
+    """``box`` less the cards (UUIDs or indices) a pooled-rpc group took."""
+    if not taken:
+        return box
+    left = tuple(c for c in box.local.cards if c.uuid not in taken and str(c.index) not in taken)
+    return replace(box, hosts=(replace(box.local, cards=left), *box.hosts[1:]))
 
 
 def _plan_box(
@@ -446,7 +470,14 @@ def _plan_group(
     )
     mmproj = Path(group.server.mmproj).expanduser() if group.server.mmproj else None
     outcome = planning.plan_with(
-        model, box, workload, target, kind, router_port=port, mmproj=mmproj
+        model,
+        box,
+        workload,
+        target,
+        kind,
+        router_port=port,
+        mmproj=mmproj,
+        rpc_host=group.rpc_host,
     )
     best = outcome.plan.best
     if best is None:
@@ -457,6 +488,7 @@ def _plan_group(
     layout = best.layout
     planned = group_from_layout(model, layout, workload, box, base=group, settings=group.server)
     lines = [f"Group {group.name}: {layout.kind}, {len(planned.workers)} worker(s). {best.reason}"]
+    lines += [f"{n[0].upper()}{n[1:]}." for n in layout.notes if layout.kind == "pooled-rpc"]
     if replan:
         lines += _changes(group, planned)
     elif not (group.cards or kind.startswith("cpu:")) or group.users is None or group.ctx is None:

@@ -9,11 +9,12 @@ the local groups here and hands each remote host its groups to plan on its own c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher.app import hardware
 from launcher.errors import LauncherError
+from launcher.gpu.inventory import Inventory
 from launcher.profiles import hardware as hardware_profiles
 from launcher.profiles import store
 from launcher.run import nettest
@@ -22,42 +23,61 @@ from launcher.spec.fleet import FleetSpec, RemoteHost
 
 
 def hosts_for(spec: FleetSpec) -> tuple[tuple[RemoteHost, ...], list[str]]:
-    """The remote hosts ``spec``'s groups name, from its hardware profile, and a line per
-    remote group; one sentence when a host cannot be reached as given."""
-    remote = spec.remote_groups
-    if not remote:
+    """The remote hosts ``spec``'s groups name (``host``, or ``rpc_host`` for pooled-rpc),
+    from its hardware profile, and a line per remote group; one sentence when a host cannot
+    be reached as given."""
+    named = [(g, g.host or g.rpc_host) for g in spec.groups if g.host or g.rpc_host]
+    if not named:
         return (), []
     if not spec.hardware:
+        group, host = named[0]
+        uses = "runs on" if group.host else "pools the cards of"
         raise LauncherError(
-            f"Group {remote[0].name} runs on host {remote[0].host}, but the fleet names no "
-            'hardware profile; add hardware = "PROFILE" to the launch profile, with that '
-            'host and its ssh = "user@host".'
+            f"Group {group.name} {uses} host {host}, but the fleet names no hardware profile; "
+            'add hardware = "PROFILE" to the launch profile, with that host and its '
+            'ssh = "user@host".'
         )
     inventory = hardware.inventory(spec.hardware)
     hosts: dict[str, RemoteHost] = {}
     lines = []
-    for group in remote:
-        assert group.host is not None
+    for group, name in named:
+        uses = "runs on" if group.host else "pools the cards of"
         known = [h.info for h in inventory.hosts]
-        info = next((h for h in known if h.name == group.host), None)
+        info = next((h for h in known if h.name == name), None)
         if info is None:
             raise LauncherError(
-                f"Group {group.name} runs on host {group.host}, which hardware profile "
+                f"Group {group.name} {uses} host {name}, which hardware profile "
                 f"{spec.hardware} does not have (hosts: {', '.join(h.name for h in known)})."
             )
         if not info.ssh:
             raise LauncherError(
                 f"Host {info.name} of hardware profile {spec.hardware} has no ssh = "
                 "\"user@host\"; add it so that 'up' can start group "
-                f"{group.name} there."
+                f"{group.name}'s part there."
             )
         hosts[info.name] = RemoteHost(
-            info.name, info.ssh, info.launcher or "llama-launcher", info.home, info.link_gbit
+            info.name,
+            info.ssh,
+            info.launcher or "llama-launcher",
+            info.home,
+            info.link_gbit,
+            info.rtt_ms,
         )
-        lines.append(
-            f"Group {group.name}: on host {info.name} ({info.ssh}), planned there when it starts."
-        )
+        if group.host:
+            lines.append(
+                f"Group {group.name}: on host {info.name} ({info.ssh}), planned there when it "
+                "starts."
+            )
     return tuple(hosts.values()), lines
+
+
+def with_hosts_of(box: Inventory, profile: str | None) -> Inventory:
+    """This box, then the second hosts of the fleet's hardware ``profile`` (its first host
+    describes the main box): the cards a pooled-rpc group plans with."""
+    if not profile:
+        return box
+    seconds = hardware.inventory(profile).hosts[1:]
+    return replace(box, hosts=(box.local, *[h for h in seconds if h.name != box.local.name]))
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ _GROUP = {
     "ttl_s",
     "exclusive_with",
     "host",
+    "rpc_host",
 }
 _ROUTE = {
     "overflow_to",
@@ -380,6 +381,9 @@ def _format_2(c: _Check, data: dict[str, Any]) -> FleetSpec:
                 ttl_s=c.seconds(g, "ttl_s", where) or DEFAULT_TTL_S,
                 exclusive_with=c.strings(g, "exclusive_with", where),
                 host=c.typed(g, "host", str, where, "a host name of the fleet's hardware profile"),
+                rpc_host=c.typed(
+                    g, "rpc_host", str, where, "a host name of the fleet's hardware profile"
+                ),
             )
         )
     name = c.typed(data, "name", str, "", "a string") or groups[0].name
@@ -469,6 +473,8 @@ def _group_toml(g: GroupSpec) -> dict[str, Any]:
         out["exclusive_with"] = list(g.exclusive_with)
     if g.host:
         out["host"] = g.host
+    if g.rpc_host:
+        out["rpc_host"] = g.rpc_host
     return out
 
 

@@ -3,8 +3,9 @@
 For each remote host the supervisor holds one ``RemoteSession``: an ``ssh`` running
 ``llama-launcher agent`` there (the user's own ssh, keys and ~/.ssh/config; no daemon or port
 of ours), which plans and runs that host's groups behind a router on the remote box's
-127.0.0.1, and a second ``ssh -L`` that tunnels a local port to that router. The fleet's router
-reaches the remote groups through the tunnel.
+127.0.0.1 and starts an rpc-server there for each pooled-rpc group of this box, and a second
+``ssh -L`` that tunnels local ports to that router and those rpc-servers. The fleet's router
+reaches the remote groups through the tunnel; a pooled-rpc worker takes ``--rpc`` at its port.
 
 Both ssh processes read from pipes this process holds: when the supervisor stops, or dies,
 the pipes close, the agent stops its workers after a grace period, and the tunnel's remote
@@ -64,10 +65,25 @@ def agent_command(host: RemoteHost) -> str:
 class RemoteSession:
     """One remote host's groups: the agent, the tunnel, their state."""
 
-    def __init__(self, host: RemoteHost, spec: dict[str, Any], local_port: int, say: Say) -> None:
+    def __init__(
+        self,
+        host: RemoteHost,
+        spec: dict[str, Any] | None,
+        local_port: int,
+        say: Say,
+        rpc_ports: dict[str, int] | None = None,
+        rpc_servers: dict[str, str | None] | None = None,
+    ) -> None:
         self.host = host
-        self.spec = spec  # the remote groups as a fleet spec (FleetSpec.to_json())
-        self.local_port = local_port
+        # the groups that run there as a fleet spec (FleetSpec.to_json()); None: only rpc
+        self.spec = spec
+        self.local_port = local_port  # the tunnel's end of its router
+        # pooled-rpc groups of this box that lend its cards -> the tunnel's end of each one's
+        # rpc-server here
+        self.rpc_ports = dict(rpc_ports or {})
+        self.remote_rpc: dict[str, int] = {}  # the same, their ports there
+        # the llama-server each pooled-rpc group's profile names (its build's rpc-server)
+        self.rpc_servers = dict(rpc_servers or {})
         self.say = say
         self.state = "starting"  # starting, running, down, stopped
         self.message = ""
@@ -85,6 +101,15 @@ class RemoteSession:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.local_port}"
+
+    @property
+    def group_names(self) -> list[str]:
+        """The groups that run there (not those that only borrow its cards)."""
+        return [str(g["name"]) for g in self.spec["groups"]] if self.spec else []
+
+    def rpc_endpoint(self, group: str) -> str:
+        """``--rpc`` for pooled-rpc group ``group``: its rpc-server through the tunnel."""
+        return f"127.0.0.1:{self.rpc_ports[group]}"
 
     @property
     def reason(self) -> str:
@@ -125,6 +150,7 @@ class RemoteSession:
         self.message = ""
         self.last_error = ""
         self.remote_port = None
+        self.remote_rpc = {}
         self._ready = asyncio.Event()
         ok = await self.start()
         if ok:
@@ -147,7 +173,9 @@ class RemoteSession:
             self._down(f"cannot run ssh ({err.strerror}); install the OpenSSH client")
             return False
         assert self.agent.stdin is not None
-        self.agent.stdin.write((json.dumps({"spec": self.spec}) + "\n").encode())
+        rpc = [{"group": g, "llama_server": self.rpc_servers.get(g)} for g in self.rpc_ports]
+        asked = {"spec": self.spec, "rpc": rpc}
+        self.agent.stdin.write((json.dumps(asked) + "\n").encode())
         with contextlib.suppress(ConnectionError):
             await self.agent.stdin.drain()
         self._tasks = [
@@ -158,7 +186,11 @@ class RemoteSession:
             await asyncio.wait_for(self._ready.wait(), timeout_s)
         except asyncio.TimeoutError:
             self._down(f"its groups were not ready within {timeout_s:.0f} s")
-        if self.state != "starting" or self.remote_port is None:
+        if self.state != "starting" or (self.spec is not None and self.remote_port is None):
+            return False
+        missing = [g for g in self.rpc_ports if g not in self.remote_rpc]
+        if missing:
+            self._down(f"it started no rpc-server for group {missing[0]}")
             return False
         if not await self._open_tunnel():
             return False
@@ -166,13 +198,16 @@ class RemoteSession:
         return True
 
     async def _open_tunnel(self) -> bool:
-        forward = f"127.0.0.1:{self.local_port}:127.0.0.1:{self.remote_port}"
+        pairs = [(self.local_port, self.remote_port)] if self.remote_port is not None else []
+        pairs += [(self.rpc_ports[g], self.remote_rpc[g]) for g in self.rpc_ports]
+        forwards = []
+        for here, there in pairs:
+            forwards += ["-L", f"127.0.0.1:{here}:127.0.0.1:{there}"]
         self.tunnel = await asyncio.create_subprocess_exec(
             *ssh_base(self.host)[:-1],
             "-o",
             "ExitOnForwardFailure=yes",
-            "-L",
-            forward,
+            *forwards,
             ssh_base(self.host)[-1],
             "exec cat",
             stdin=asyncio.subprocess.PIPE,
@@ -189,7 +224,7 @@ class RemoteSession:
                 self._down(f"the tunnel to it failed ({err.decode(errors='replace').strip()})")
                 return False
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.local_port)
+                _, writer = await asyncio.open_connection("127.0.0.1", pairs[0][0])
                 writer.close()
                 return True
             except OSError:
@@ -209,7 +244,9 @@ class RemoteSession:
                 for line in event.get("lines", []):
                     self.say(f"{self.host.name}: {line}")
             elif kind == "ready":
-                self.remote_port = int(event["port"])
+                port = event.get("port")
+                self.remote_port = int(port) if port is not None else None
+                self.remote_rpc = {str(g): int(p) for g, p in event.get("rpc", {}).items()}
                 self.groups = dict(event.get("groups", {}))
                 self._ready.set()
             elif kind == "groups":

@@ -183,6 +183,11 @@ class Worker:
         self.back_at = 0.0  # a restarting worker starts loading again at this time
         self._pump: asyncio.Task[None] | None = None
 
+    def set_rpc(self, endpoints: tuple[str, ...]) -> None:
+        """Where its ``--rpc`` devices are now (a pooled-rpc worker's tunnel ends)."""
+        self.spec = replace(self.spec, args=self.spec.args.replace(rpc=endpoints))
+        self.state.argv = list(self.spec.args.argv())
+
     def set_port(self, port: int) -> None:
         self.spec = self.spec.with_port(port)
         self.state.port = port
@@ -286,6 +291,16 @@ def env_key(var: str | None, what: str) -> str | None:
     if not value:
         raise LauncherError(f"${var} is empty; export the {what} in it, or drop {var}.")
     return value
+
+
+def _rpc_port(workers: list[Worker]) -> int | None:
+    """The tunnel port a pooled-rpc worker was planned with (``--rpc 127.0.0.1:PORT``)."""
+    for w in workers:
+        for endpoint in w.spec.args.rpc:
+            host, _, port = endpoint.rpartition(":")
+            if host == "127.0.0.1" and port.isdigit():
+                return int(port)
+    return None
 
 
 def router_setup(router: RouterSpec) -> tuple[RouterConfig, list[tuple[str | None, Member]]]:
@@ -398,7 +413,7 @@ class Supervisor:
             self.router_config, self.remote_members = router_setup(spec.router)
             if queue_timeout_s is not None:
                 self.router_config.queue_timeout_s = queue_timeout_s
-        self.remote_sessions = self._remote_sessions() if self.router_config else []
+        self.remote_sessions = self._remote_sessions()
         self._remote_pollers = {
             m.name: WorkerPoller(m.url, m.api_key) for _, m in self.remote_members
         }
@@ -429,23 +444,42 @@ class Supervisor:
         self._gpu: GpuBackend | None = None  # opened when a worker has cards; closed at the end
 
     def _remote_sessions(self) -> list[RemoteSession]:
-        """One session per remote host, each with a local tunnel port; its groups become
-        router members at that port (docs/remote.md)."""
+        """One session per remote host, each with local tunnel ports: its groups become
+        router members at one, each pooled-rpc group that borrows its cards reaches its
+        rpc-server at another (docs/remote.md)."""
         sessions = []
         taken = {w.spec.port for w in self.workers} | {self.spec.router.port}
         for host in self.spec.remote_hosts:
             groups = [g for g in self.spec.remote_groups if g.host == host.name]
-            if not groups:
+            borrowers = [g for g in self.spec.rpc_groups if g.rpc_host == host.name]
+            if not groups and not borrowers:
                 continue
+            if groups and self.router_config is None:
+                continue  # FleetSpec.problems says so before planning
             port = free_port(taken, self.spec.router.port + 100)
             taken.add(port)
-            remote_spec = FleetSpec(
-                f"{self.fleet}-{host.name}",
-                # the main router routes between groups; there each group serves alone
-                tuple(replace(g, host=None, workers=(), route=NO_ROUTE) for g in groups),
-                replace(self.spec.router, members=()),
+            rpc_ports = {}
+            for g in borrowers:
+                planned = _rpc_port(self.groups[g.name].workers)
+                rpc_port = (
+                    planned
+                    if planned and planned not in taken and port_free(planned)
+                    else (free_port(taken, self.spec.router.port + 90))
+                )
+                taken.add(rpc_port)
+                rpc_ports[g.name] = rpc_port
+            remote_spec = (
+                FleetSpec(
+                    f"{self.fleet}-{host.name}",
+                    # the main router routes between groups; there each group serves alone
+                    tuple(replace(g, host=None, workers=(), route=NO_ROUTE) for g in groups),
+                    replace(self.spec.router, members=()),
+                ).to_json()
+                if groups
+                else None
             )
-            session = RemoteSession(host, remote_spec.to_json(), port, self.say)
+            binaries = {g.name: g.server.llama_server for g in borrowers}
+            session = RemoteSession(host, remote_spec, port, self.say, rpc_ports, binaries)
             sessions.append(session)
             for g in groups:
                 self.remote_members.append((g.name, Member(f"{host.name}/{g.name}", session.url)))
@@ -564,7 +598,11 @@ class Supervisor:
     async def _start_all(self, session: aiohttp.ClientSession) -> bool:
         """Start every group that is not on demand; False (and said why) if one failed."""
         started = time.monotonic()
-        resident = [g for g in self.groups.values() if not g.spec.on_demand and g.spec.host is None]
+        resident = [
+            g
+            for g in self.groups.values()
+            if not g.spec.on_demand and g.spec.host is None and g.spec.rpc_host is None
+        ]
         workers = [w for g in resident for w in g.workers]
         on_demand = [g.name for g in self.groups.values() if g.spec.on_demand]
         self.say(
@@ -590,8 +628,13 @@ class Supervisor:
         groups down and the rest of the fleet serves on (overflow skips them)."""
 
         async def one(remote: RemoteSession) -> None:
-            names = [g["name"] for g in remote.spec["groups"]]
-            self.say(f"Starting group(s) {', '.join(names)} on host {remote.host.name} over SSH.")
+            names = remote.group_names
+            borrowers = list(remote.rpc_ports)
+            what = ", ".join(
+                [f"group(s) {', '.join(names)}"] * bool(names)
+                + [f"rpc-server(s) for {', '.join(borrowers)}"] * bool(borrowers)
+            )
+            self.say(f"Starting {what} on host {remote.host.name} over SSH.")
             started = time.monotonic()
             ok = await remote.start()
             for name in names:
@@ -599,20 +642,48 @@ class Supervisor:
                 run.load_s = time.monotonic() - started
                 run.state = "running" if ok else "down"
                 run.message = "" if ok else f"host {remote.host.name}: {remote.reason}"
-            if ok:
+            if ok and names:
                 self.say(
                     f"Group(s) {', '.join(names)} serve on host {remote.host.name} "
                     f"(through {remote.url})."
                 )
-            else:
+            elif not ok:
                 self.say(
                     f"Host {remote.host.name} is down: {remote.reason}. Its group(s) "
-                    f"{', '.join(names)} are marked down; the rest of the fleet serves on."
+                    f"{', '.join(names + borrowers)} are marked down; the rest of the fleet "
+                    "serves on."
                 )
+                for name in borrowers:
+                    run = self.groups[name]
+                    run.state = "down"
+                    run.message = f"host {remote.host.name}: {remote.reason}"
+            if ok and borrowers and self._session is not None:
+                await self._start_borrowers(remote, borrowers, self._session)
             self._save()
             self._observe()
 
         await asyncio.gather(*(one(r) for r in self.remote_sessions))
+
+    async def _start_borrowers(
+        self, remote: RemoteSession, names: list[str], session: aiohttp.ClientSession
+    ) -> None:
+        """Start the pooled-rpc groups whose rpc-servers on ``remote`` are now reachable."""
+        started = time.monotonic()
+        workers = []
+        for name in names:
+            for w in self.groups[name].workers:
+                w.set_rpc((remote.rpc_endpoint(name),))
+                workers.append(w)
+        failed = await self._start_workers(workers, session, started)
+        for name in names:
+            run = self.groups[name]
+            run.load_s = time.monotonic() - started
+            run.state = "failed" if any(w in failed for w in run.workers) else "running"
+            if run.state == "running":
+                self.say(
+                    f"Group {name} serves, pooling host {remote.host.name}'s cards over RPC "
+                    f"({remote.rpc_endpoint(name)})."
+                )
 
     async def _start_workers(
         self, workers: list[Worker], session: aiohttp.ClientSession, started: float
@@ -751,8 +822,10 @@ class Supervisor:
         (requests queue for it)."""
         out = {}
         for remote in self.remote_sessions:
-            for g in remote.spec["groups"]:
-                run = self.groups[g["name"]]
+            for name in remote.group_names + list(remote.rpc_ports):
+                run = self.groups[name]
+                if name in remote.rpc_ports and remote.state != "down":
+                    continue  # its worker runs here: its own state
                 if remote.state == "down" and run.state != "down":
                     run.state = "down"
                     run.message = f"host {remote.host.name}: {remote.reason}"
@@ -925,12 +998,19 @@ class Supervisor:
                 task.add_done_callback(retrying.discard)
 
     async def _reconnect(self, remote: RemoteSession) -> None:
-        names = [g["name"] for g in remote.spec["groups"]]
+        names = remote.group_names + list(remote.rpc_ports)
         self.say(f"Trying host {remote.host.name} again (attempt {remote.retries + 1}).")
         if await remote.reconnect():
-            for name in names:
+            for name in remote.group_names:
                 self.groups[name].state = "running"
                 self.groups[name].message = ""
+            if remote.rpc_ports and self._session is not None:
+                # their workers lost their devices with the host: start them afresh
+                borrowers = list(remote.rpc_ports)
+                await asyncio.gather(
+                    *(w.stop() for name in borrowers for w in self.groups[name].workers)
+                )
+                await self._start_borrowers(remote, borrowers, self._session)
             self.say(f"Host {remote.host.name} is back: group(s) {', '.join(names)} serve again.")
         else:
             wait = (remote.retry_at or time.monotonic()) - time.monotonic()
@@ -948,7 +1028,13 @@ class Supervisor:
         while not self._stop.is_set():
             for w in self.workers:
                 proc = w.proc
-                if w.state.state == "healthy" and proc is not None and proc.returncode is not None:
+                down = self.groups[w.state.group].state == "down"  # waits for its host
+                if (
+                    w.state.state == "healthy"
+                    and proc is not None
+                    and proc.returncode is not None
+                    and not down
+                ):
                     task = asyncio.create_task(self._restart(w, session, proc.returncode))
                     restarting.add(task)
                     task.add_done_callback(restarting.discard)

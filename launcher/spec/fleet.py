@@ -20,9 +20,11 @@ from launcher.model.spec import name_from_model as name_from_model
 GROUP_KINDS = ("generation", "embedding", "rerank")
 GOALS = ("throughput", "latency", "context")
 LAYOUT_PATTERN = re.compile(
-    r"^(auto|per-card|pooled-layer|pooled-tensor|partial-offload|groups:\d+|cpu:\d+)$"
+    r"^(auto|per-card|pooled-layer|pooled-tensor|partial-offload|pooled-rpc|groups:\d+|cpu:\d+)$"
 )
-LAYOUT_WORDS = "auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload or cpu:N"
+LAYOUT_WORDS = (
+    "auto, per-card, pooled-layer, pooled-tensor, groups:K, partial-offload, pooled-rpc or cpu:N"
+)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 DEFAULT_ROUTER_PORT = 8080
 
@@ -137,6 +139,9 @@ class GroupSpec:
     # a host of the fleet's hardware profile, reached over SSH, that runs this group (its
     # workers are planned and run there, docs/remote.md); None: this box
     host: str | None = None
+    # layout pooled-rpc: the host of the fleet's hardware profile whose cards this group's
+    # worker (here) uses through the rpc-server the fleet starts there over SSH
+    rpc_host: str | None = None
 
     @property
     def planned(self) -> bool:
@@ -170,6 +175,7 @@ class GroupSpec:
             "exclusive_with": list(self.exclusive_with),
             "workers": [w.to_json() for w in self.workers],
             "host": self.host,
+            "rpc_host": self.rpc_host,
         }
 
     @classmethod
@@ -195,6 +201,7 @@ class GroupSpec:
             exclusive_with=tuple(data.get("exclusive_with", ())),
             workers=tuple(WorkerSpec.from_json(w) for w in data["workers"]),
             host=data.get("host"),
+            rpc_host=data.get("rpc_host"),
         )
 
 
@@ -239,6 +246,7 @@ class RemoteHost:
     launcher: str = "llama-launcher"
     home: str | None = None
     link_gbit: float | None = None
+    rtt_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +268,11 @@ class FleetSpec:
     @property
     def remote_groups(self) -> tuple[GroupSpec, ...]:
         return tuple(g for g in self.groups if g.host is not None)
+
+    @property
+    def rpc_groups(self) -> tuple[GroupSpec, ...]:
+        """Groups here whose worker pools another box's cards over RPC."""
+        return tuple(g for g in self.groups if g.rpc_host is not None)
 
     def remote_host(self, name: str) -> RemoteHost | None:
         return next((h for h in self.remote_hosts if h.name == name), None)
@@ -322,6 +335,17 @@ class FleetSpec:
                 )
             if g.on_demand:
                 out.append(f"Group {g.name} runs on host {g.host}: it cannot load on demand.")
+        for g in self.groups:
+            if (g.layout == "pooled-rpc") != (g.rpc_host is not None):
+                out.append(
+                    f"Group {g.name}: layout pooled-rpc and rpc_host = NAME go together (the "
+                    "host whose cards the group pools with this box's); give both or neither."
+                )
+            elif g.rpc_host is not None and (g.host is not None or g.on_demand):
+                out.append(
+                    f"Group {g.name} pools host {g.rpc_host}'s cards over RPC: it runs on this "
+                    "box (no host = ...) and is not on demand."
+                )
         return out
 
     def to_json(self) -> dict[str, Any]:
