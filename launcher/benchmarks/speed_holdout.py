@@ -7,6 +7,10 @@ as planned (the worker's argv and environment from the plan)::
   [{"model": "m/llama-8b.gguf", "layout": "per-card", "cards": "0", "users": [1, 4, 16],
     "kv_type": "f16", "flash_attn": true, "ctx": 4096}, ...]
 
+A case with ``"rpc_cards": "1"`` is layout pooled-rpc with those cards as the second box: an
+rpc-server on this machine's 127.0.0.1 lends them, the link is loopback (measured), the worker
+runs on the other cards with ``--rpc``.
+
 For each case and number of users: the plan (uncalibrated: nothing measured on this host yet),
 one llama-server run of the planned worker at that many users (48 tokens each), its memory
 after load (per card from NVML, before/after; on the CPU the process's RSS) and the rate. With
@@ -17,6 +21,8 @@ measured, for the calibrated column. Prints one markdown table; ``--out`` keeps 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -27,8 +33,11 @@ from typing import Any
 import psutil
 
 from launcher import paths
-from launcher.app import hardware, measure, planning, server
+from launcher.app import hardware, measure, netlab, planning, server
+from launcher.gpu.inventory import Host, Inventory
+from launcher.model.spec import read_model_spec
 from launcher.plan.layouts import Layout
+from launcher.plan.split import parse_split
 
 MIB = 1 << 20
 
@@ -65,7 +74,39 @@ def _request(case: dict[str, Any], users: int) -> planning.PlanRequest:
     )
 
 
+def _rpc_inventory(case: dict[str, Any]) -> Inventory:
+    """This box with ``rpc_cards`` moved to a second host "rpc" on loopback."""
+    box = hardware.inventory()
+    lent = set(str(case["rpc_cards"]).split(","))
+    here = tuple(c for c in box.local.cards if str(c.index) not in lent)
+    there = tuple(c for c in box.local.cards if str(c.index) in lent)
+    link = netlab.loopback_link()
+    info = dataclasses.replace(box.local.info, name="rpc", link_gbit=link.gbit, rtt_ms=link.rtt_ms)
+    second = Host(info, tuple(dataclasses.replace(c, index=i) for i, c in enumerate(there)))
+    return dataclasses.replace(box, hosts=(dataclasses.replace(box.local, cards=here), second))
+
+
 def _layout(case: dict[str, Any], users: int) -> Layout:
+    if case.get("rpc_cards") is not None:
+        request = _request(case, users)
+        inventory = _rpc_inventory(case)
+        model = read_model_spec(request.model)
+        workload = planning.default_workload(
+            model,
+            inventory.local,
+            users=users,
+            ctx=request.ctx,
+            kv_type=request.kv_type,
+            flash_attn=request.flash_attn,
+            tensor_split=parse_split(request.tensor_split) if request.tensor_split else (),
+        )
+        target = server.required_target(None)
+        rpc_plan = planning.plan_with(
+            model, inventory, workload, target, "pooled-rpc", rpc_host="rpc"
+        ).plan
+        if rpc_plan.best is None:
+            raise SystemExit(f"{case} does not fit: {rpc_plan.layouts[0].reason}")
+        return rpc_plan.best.layout
     outcome = planning.plan_model(_request(case, users))
     best = outcome.plan.best
     if best is None:
@@ -82,6 +123,14 @@ def _name(case: dict[str, Any]) -> str:
     return f"{Path(case['model']).stem} {case.get('layout', 'auto')}" + (
         f" ({', '.join(extra)})" if extra else ""
     )
+
+
+def _visible(cards: str) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for cards given by index (their UUIDs)."""
+    box = hardware.inventory()
+    wanted = cards.split(",")
+    ids = [c.uuid or str(c.index) for c in box.local.cards if str(c.index) in wanted]
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(ids)}
 
 
 def _used(cards: Sequence[int], pid: int | None = None) -> dict[int, int]:
@@ -102,6 +151,8 @@ def run_case(case: dict[str, Any], logs: Path) -> list[Row]:
         layout = _layout(case, users)
         (process,) = layout.processes
         before = _used(process.cards)
+        lent_cards = [int(i) for i in str(case.get("rpc_cards", "")).split(",") if i]
+        before_lent = _used(lent_cards)
         memory: list[tuple[int, int, int]] = []
 
         def loaded(
@@ -109,21 +160,42 @@ def run_case(case: dict[str, Any], logs: Path) -> list[Row]:
             layout: Layout = layout,
             before: dict[int, int] = before,
             memory: list[tuple[int, int, int]] = memory,
+            before_lent: dict[int, int] = before_lent,
+            lent_cards: list[int] = lent_cards,
         ) -> None:
             if layout.cards:
                 after = _used(list(before), pid)
                 own = any(
                     p.pid == pid for c in hardware.inventory().local.cards for p in c.processes
                 )
+                here = [c for c in layout.cards if c.host is None]
                 memory.extend(
                     (c.card, c.total_bytes, after[c.card] - (0 if own else before[c.card]))
-                    for c in layout.cards
+                    for c in here
+                )
+                # the lent cards (the rpc-server's): all they use now, less what they did
+                there = [c for c in layout.cards if c.host is not None]
+                after_lent = _used(lent_cards)
+                memory.extend(
+                    (i, c.total_bytes, after_lent[i] - before_lent[i])
+                    for i, c in zip(lent_cards, there, strict=False)
                 )
             else:
                 memory.append((-1, layout.host_bytes, psutil.Process(pid).memory_info().rss))
 
         log = logs / f"{_name(case).replace(' ', '_')}-{users}.log"
-        (rate,) = measure.run_process(process, (users,), log, on_loaded=loaded)
+        with contextlib.ExitStack() as lent:
+            if case.get("rpc_cards") is not None:
+                endpoint = process.args.rpc[0]
+                lent.enter_context(
+                    netlab.lend_devices(
+                        process.args.binary,
+                        int(endpoint.rsplit(":", 1)[1]),
+                        _visible(str(case["rpc_cards"])),
+                        log.with_suffix(".rpc.log"),
+                    )
+                )
+            (rate,) = measure.run_process(process, (users,), log, on_loaded=loaded)
         basis = layout.basis.kind if layout.basis else ""
         rows.append(
             Row(_name(case), users, layout.throughput.aggregate_tok_s, rate.aggregate_tok_s, basis)

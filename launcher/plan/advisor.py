@@ -201,9 +201,6 @@ def rpc_box(inventory: Inventory, name: str) -> lay.RpcBox:
     return lay.RpcBox(host.name, host.cards, link_to(host)[0])
 
 
-ROUTE_SHORT, ROUTE_LONG = 50, 500  # answer tokens of a short and a long request
-
-
 def _across(
     spec: ModelSpec,
     main: Host,
@@ -244,8 +241,7 @@ def _across(
         for x in lay.build_layouts(spec, second, single, server, calibration=calibration)
         if x.feasible and x.kind != "partial-offload"
     ]
-    short = network.route_overhead_s(link, workload.prompt_tokens, ROUTE_SHORT) * 1000
-    long = network.route_overhead_s(link, workload.prompt_tokens, ROUTE_LONG) * 1000
+    added = network.route_overhead_s(link, workload.prompt_tokens) * 1000
     if there:
         copy = max(there, key=lambda x: _score(x, goal))
         t = copy.throughput
@@ -258,8 +254,8 @@ def _across(
                 main_agg + t.aggregate_tok_s,
                 main_single,
                 f"{second.name} adds {t.aggregate_tok_s:.0f} tok/s ({t.single_user_tok_s:.1f} "
-                f"for one); a request sent there takes +{short:.1f} ms at {ROUTE_SHORT} "
-                f"tokens, +{long:.1f} ms at {ROUTE_LONG}",
+                f"for one); a request sent there takes +{added:.1f} ms (its length adds "
+                "nothing: the answer streams while it is made)",
             )
         )
     else:

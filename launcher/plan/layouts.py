@@ -494,19 +494,22 @@ def pooled_rpc(ctx: _Ctx) -> Layout:
     layer_step = _layer_step(ctx, stages, constants)
     link = ctx.rpc.link
     used = min(w.ctx, w.prompt_tokens + 64)
+    # without a card here the output layer is there too: the logits cross the link
+    vocab = 0 if local else ctx.spec.n_vocab
+
+    def net(batch: int) -> float:
+        return network.rpc_step_s(link, ctx.spec.n_embd, batch, used * batch, vocab)
 
     def step(batch: int) -> float:
-        return layer_step(batch) + network.rpc_step_s(link, ctx.spec.n_embd, batch, used * batch)
+        return layer_step(batch) + net(batch)
 
     single, aggregate = _rates(step, [slots])
     pp = perf.prompt_tok_s(stages, ctx.spec.n_embd, ctx.spec.n_layer, False, w.n_ubatch)
     remote_layers = sum(split[: len(remote)])
     notes = (
         f"{remote_layers} of {ctx.spec.n_layer} layers on host {ctx.rpc.host} over RPC "
-        f"({link.describe()}): each decode step adds "
-        f"{network.rpc_step_s(link, ctx.spec.n_embd, 1, used) * 1000:.1f} ms for one user, "
-        f"{network.rpc_step_s(link, ctx.spec.n_embd, slots, used * slots) * 1000:.1f} ms "
-        f"for {slots}",
+        f"({link.describe()}): each decode step adds {net(1) * 1000:.1f} ms for one user"
+        + (f", {net(slots) * 1000:.1f} ms for {slots}" if slots > 1 else ""),
         f"the rpc-server on {ctx.rpc.host} has no authentication: it listens on that box's "
         "127.0.0.1 only and is reached through an SSH tunnel",
     )

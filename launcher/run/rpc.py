@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import subprocess
 import time
 from collections import deque
 from pathlib import Path
@@ -102,3 +104,46 @@ class RpcServer:
                 await self.proc.wait()
         if self._reader is not None:
             self._reader.cancel()
+
+
+class LentDevices:
+    """An rpc-server on this box's 127.0.0.1 lending the cards of ``env`` (CUDA_VISIBLE_DEVICES),
+    for as long as the ``with`` lasts: a second box on loopback, for measuring pooled-rpc on
+    one machine (``launcher.benchmarks.speed_holdout``)."""
+
+    def __init__(self, binary: Path, port: int, env: dict[str, str], log: Path) -> None:
+        self.argv = [str(binary), "-H", "127.0.0.1", "-p", str(port)]
+        self.port = port
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LentDevices:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env, "GGML_RPC_NO_RDMA": "1"},
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LauncherError(f"rpc-server stopped at once; see {self.log}.")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.__exit__()
+        raise LauncherError(f"rpc-server did not listen within {READY_TIMEOUT_S:.0f} s.")
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
