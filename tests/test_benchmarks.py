@@ -169,3 +169,36 @@ def _no_gpu(tmp_path: Path) -> Path:
     from tests import gpu_boxes
 
     return Path(gpu_boxes.save(gpu_boxes.no_driver_backend(), tmp_path / "box.json"))
+
+
+def test_speed_holdout_runs_a_pooled_rpc_case_on_lent_cards(
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A pooled-rpc case: card 1 becomes the second box (an rpc-server on loopback), the
+    worker runs on the others with --rpc at the planned port; its rate is recorded beside the
+    plan (the CPU build serves the fixed backend's cards with its CPU)."""
+    from tests import gpu_boxes
+
+    monkeypatch.setenv("LLAMA_SERVER", str(llama_server))
+    monkeypatch.setenv(
+        "LLAMA_LAUNCHER_GPU_BACKEND",
+        gpu_boxes.save(gpu_boxes.four_h100_backend(), tmp_path / "box.json"),
+    )
+    cases = tmp_path / "cases.json"
+    model = model_factory("llama")
+    case = {"model": str(model), "layout": "pooled-rpc", "rpc_cards": "1", "users": [1]}
+    cases.write_text(json.dumps([case]))
+    out = tmp_path / "rows.jsonl"
+    assert speed_holdout.main([str(cases), "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["measured"] > 0 and row["predicted"] > 0
+    assert [m[0] for m in row["memory"]] == [0, 2, 3, 1]  # the lent card last
+    assert f"| {model.stem} pooled-rpc | 1 |" in capsys.readouterr().out
+    from launcher import paths
+
+    rpc_logs = list(paths.state_dir().rglob("*.rpc.log"))  # the rpc-server served the worker
+    assert any("Accepted client connection" in p.read_text() for p in rpc_logs)

@@ -298,3 +298,27 @@ llama_server = "{llama_server}"
     assert _until(lambda: not _rpc_servers(), 30), _rpc_servers()
     agents = subprocess.run(["pgrep", "-f", "llama-launcher agent"], capture_output=True)
     assert not agents.stdout.strip()
+
+
+def test_the_network_constants_are_what_their_points_give() -> None:
+    """fits.toml's [network] is the fit of its points (launcher.benchmarks.network)."""
+    points = network.points()
+    rpc = [p for p in points if p.what == "rpc"]
+    route = [p for p in points if p.what == "route"]
+    assert len(rpc) >= 6 and len(route) >= 6
+    k, fixed, efficiency = network.fit_rpc(rpc)
+    route_k, route_fixed = network.fit_route(route, efficiency)
+    c = network.constants()
+    assert (k, fixed, efficiency) == pytest.approx(
+        (c.rpc_round_trips, c.rpc_fixed_s, c.efficiency), rel=0.01
+    )
+    assert (route_k, route_fixed) == pytest.approx(
+        (c.route_round_trips, c.route_fixed_s), rel=0.01
+    )
+    # each RPC point within 30% of the fitted model
+    for p in rpc:
+        link = network.Link(p.gbit, p.rtt_ms)
+        predicted = (
+            c.rpc_round_trips * link.rtt_s + c.rpc_fixed_s + p.bytes / link.bytes_s
+        ) * 1000
+        assert predicted == pytest.approx(p.measured_ms, rel=0.3), p

@@ -38,6 +38,20 @@ class LabRow:
     rtt_ms: float  # measured through the proxy
     measured_ms: float  # what it added
     predicted_ms: float
+    gbit: float = 0.0
+    bytes: float = 0.0  # what crossed the link that the time waited for
+
+    def point(self) -> network.NetPoint:
+        """This row as a point of fits.toml's ``[network]``."""
+        kind = "rpc" if self.what.startswith("rpc") else "route"
+        return network.NetPoint(
+            kind,
+            f"{self.link}: {self.what}",
+            self.gbit,
+            round(self.rtt_ms, 4),
+            self.bytes,
+            round(self.measured_ms, 3),
+        )
 
     @property
     def error_pct(self) -> float:
@@ -47,6 +61,8 @@ class LabRow:
         return {
             "link": self.link,
             "what": self.what,
+            "gbit": self.gbit,
+            "bytes": self.bytes,
             "rtt_ms": round(self.rtt_ms, 3),
             "measured_ms": round(self.measured_ms, 3),
             "predicted_ms": round(self.predicted_ms, 3),
@@ -122,8 +138,10 @@ def _case(
         added = float(pooled["ms_per_token"]) - float(local["ms_per_token"])
         cells = n * (PROMPT_TOKENS + tokens // 2)
         predicted = network.rpc_step_s(link, spec.n_embd, n, cells, spec.n_vocab) * 1000
+        step_bytes = network.rpc_step_bytes(spec.n_embd, n, cells, spec.n_vocab)
         say(f"  RPC, {n} user(s): +{added:.2f} ms per step (predicted {predicted:.2f})")
-        rows.append(LabRow(case.name, f"rpc step, {n} user(s)", rtt, added, predicted))
+        what = f"rpc step, {n} user(s)"
+        rows.append(LabRow(case.name, what, rtt, added, predicted, case.gbit, step_bytes))
     # routing: the model served on the second box, asked from there and from here
     lab.start(
         lab.b,
@@ -157,8 +175,25 @@ def _case(
         r = sum(r["wall_s"] * 1000 - _server_ms(r) for r in routed) / len(routed)
         predicted = network.route_overhead_s(link, PROMPT_TOKENS) * 1000
         say(f"  route, {n} tokens: +{r - d:.2f} ms (predicted {predicted:.2f})")
-        rows.append(LabRow(case.name, f"route, {n} tokens", rtt, r - d, predicted))
+        sent = network.route_bytes(PROMPT_TOKENS)
+        what = f"route, {n} tokens"
+        rows.append(LabRow(case.name, what, rtt, r - d, predicted, case.gbit, sent))
     return rows
+
+
+def fit(rows: list[LabRow]) -> dict[str, float]:
+    """The ``[network]`` constants these rows give (``network.fit_rpc``, ``fit_route``)."""
+    rpc = [r.point() for r in rows if r.what.startswith("rpc")]
+    route = [r.point() for r in rows if r.what.startswith("route")]
+    k, fixed, efficiency = network.fit_rpc(rpc)
+    route_k, route_fixed = network.fit_route(route, efficiency)
+    return {
+        "efficiency": efficiency,
+        "rpc_round_trips": k,
+        "rpc_fixed_s": fixed,
+        "route_round_trips": route_k,
+        "route_fixed_s": route_fixed,
+    }
 
 
 def here(port: int) -> int:

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import tomli_w
+
 from launcher.app import netlab, server
 from launcher.errors import LauncherError
 
@@ -39,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r.link} | {r.what} | {r.rtt_ms:.3f} | {r.measured_ms:.2f} | "
             f"{r.predicted_ms:.2f} | {r.error_pct:+.0f}% |"
         )
+    fitted = netlab.fit(rows)
+    print("\nFitted: " + ", ".join(f"{k} = {v:.4g}" for k, v in fitted.items()))
+    print("\nPoints for fits.toml:")
+    for r in rows:
+        print("\n[[network.points]]\n" + tomli_w.dumps(r.point().to_toml()).strip())
     if args.json:
         args.json.write_text(json.dumps([r.to_json() for r in rows], indent=1) + "\n")
     return 0
