@@ -137,7 +137,7 @@ def _case(
         )
         added = float(pooled["ms_per_token"]) - float(local["ms_per_token"])
         cells = n * (PROMPT_TOKENS + tokens // 2)
-        predicted = network.rpc_step_s(link, spec.n_embd, n, cells, spec.n_vocab) * 1000
+        predicted = network.rpc_step_s(link, spec.n_embd, n, cells, spec.n_vocab, False) * 1000
         step_bytes = network.rpc_step_bytes(spec.n_embd, n, cells, spec.n_vocab)
         say(f"  RPC, {n} user(s): +{added:.2f} ms per step (predicted {predicted:.2f})")
         what = f"rpc step, {n} user(s)"

@@ -32,6 +32,8 @@ class NetworkConstants:
     sse_bytes_per_token: float  # one streamed token's event, as the client reads it
     rpc_round_trips: float  # per decode step of a worker pooled over RPC
     rpc_fixed_s: float  # per step: serialising the graph's inputs and the RPC server's work
+    rpc_card_step_s: float  # per step when the lent devices are cards: their copies and waits
+    rpc_card_user_s: float  # the same, per user in the step
     source: str
 
 
@@ -85,6 +87,8 @@ def constants() -> NetworkConstants:
         float(data["sse_bytes_per_token"]),
         float(data["rpc_round_trips"]),
         float(data["rpc_fixed_s"]),
+        float(data["rpc_card_step_s"]),
+        float(data["rpc_card_user_s"]),
         str(data["source"]),
     )
 
@@ -151,11 +155,22 @@ def rpc_step_bytes(n_embd: int, batch: int, kv_cells: int, logits_vocab: int = 0
     return (n_embd + back) * F32 * batch + F32 * batch + MASK_BYTES * cells * batch
 
 
-def rpc_step_s(link: Link, n_embd: int, batch: int, kv_cells: int, logits_vocab: int = 0) -> float:
-    """What pooling over RPC adds to one decode step of ``batch`` tokens."""
+def rpc_step_s(
+    link: Link,
+    n_embd: int,
+    batch: int,
+    kv_cells: int,
+    logits_vocab: int = 0,
+    cards: bool = True,
+) -> float:
+    """What pooling over RPC adds to one decode step of ``batch`` tokens: round trips, fixed
+    work and bytes on the link, and, when the lent devices are cards (``cards``), their own
+    copies and waits."""
     c = constants()
+    card = c.rpc_card_step_s + batch * c.rpc_card_user_s if cards else 0.0
     return (
         c.rpc_round_trips * link.rtt_s
         + c.rpc_fixed_s
         + rpc_step_bytes(n_embd, batch, kv_cells, logits_vocab) / link.bytes_s
+        + card
     )
