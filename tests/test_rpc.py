@@ -312,13 +312,9 @@ def test_the_network_constants_are_what_their_points_give() -> None:
     assert (k, fixed, efficiency) == pytest.approx(
         (c.rpc_round_trips, c.rpc_fixed_s, c.efficiency), rel=0.01
     )
-    assert (route_k, route_fixed) == pytest.approx(
-        (c.route_round_trips, c.route_fixed_s), rel=0.01
-    )
+    assert (route_k, route_fixed) == pytest.approx((c.route_round_trips, c.route_fixed_s), rel=0.01)
     # each RPC point within 30% of the fitted model
     for p in rpc:
         link = network.Link(p.gbit, p.rtt_ms)
-        predicted = (
-            c.rpc_round_trips * link.rtt_s + c.rpc_fixed_s + p.bytes / link.bytes_s
-        ) * 1000
+        predicted = (c.rpc_round_trips * link.rtt_s + c.rpc_fixed_s + p.bytes / link.bytes_s) * 1000
         assert predicted == pytest.approx(p.measured_ms, rel=0.3), p
