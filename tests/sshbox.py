@@ -48,8 +48,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def sshd(folder: Path) -> Iterator[SshBox]:
-    """Start sshd on a free port of 127.0.0.1 for the duration."""
+def sshd(folder: Path, env: dict[str, str] | None = None) -> Iterator[SshBox]:
+    """Start sshd on a free port of 127.0.0.1 for the duration; ``env``: what the second
+    box's sessions have in their environment (its cards, as a fixed GPU backend)."""
     folder.mkdir(parents=True, exist_ok=True)
     host_key = folder / "host_ed25519"
     user_key = folder / "id_ed25519"
@@ -66,7 +67,9 @@ def sshd(folder: Path) -> Iterator[SshBox]:
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         f"PidFile {folder / 'sshd.pid'}\nPermitRootLogin prohibit-password\n"
         "AllowTcpForwarding yes\nLogLevel ERROR\n"
-        "SetEnv PATH=/usr/local/bin:/usr/bin:/bin\n"
+        "SetEnv PATH=/usr/local/bin:/usr/bin:/bin"
+        + "".join(f" {k}={v}" for k, v in (env or {}).items())
+        + "\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
     client = folder / "ssh_config"

@@ -30,8 +30,12 @@ LAUNCHER = str(Path(sys.executable).parent / "llama-launcher")
 
 @pytest.fixture
 def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sshbox.SshBox]:
-    """The second box, and the launcher's ssh set up to use its key."""
-    with sshbox.sshd(tmp_path / "sshd") as running:
+    """The second box (its cards: four H100s, a fixed GPU backend), and the launcher's ssh
+    set up to use its key."""
+    from tests import gpu_boxes
+
+    cards = gpu_boxes.save(gpu_boxes.four_h100_backend(), tmp_path / "second-cards.json")
+    with sshbox.sshd(tmp_path / "sshd", {"LLAMA_LAUNCHER_GPU_BACKEND": cards}) as running:
         for key, value in sshbox.environ(running).items():
             monkeypatch.setenv(key, value)
         yield running
@@ -217,6 +221,15 @@ def test_up_runs_a_group_on_the_second_box_and_down_leaves_nothing(
         assert status == 200 and headers["X-Llama-Launcher-Group"] == "far"
         assert _ask(port, "near")[0] == 200
         assert _groups("pair") == {"near": "running", "far": "running"}
+        # its cards, as the agent samples them, in status (and the Dashboard)
+        assert _until(lambda: "card second:3 NVIDIA H100" in run_cli("status").stdout, 30)
+        # its worker's log, read over ssh
+        remote_log = run_cli("logs", "pair/second:w0")
+        assert remote_log.returncode == 0 and "starting:" in remote_log.stdout, remote_log
+        nothing = run_cli("logs", "pair/second:w7")
+        assert nothing.returncode != 0 and "Host second: No log for pair-second/w7" in (
+            nothing.stderr
+        )
         # the second box runs its own fleet, in its own home
         remote_state = list((remote_home / "state").rglob("pair-second*.json"))
         assert remote_state, list(remote_home.rglob("*"))

@@ -98,6 +98,45 @@ async def test_dashboard_shows_live_cards_and_workers() -> None:
         assert app.query_one(TabbedContent).active == "hardware"
 
 
+async def test_dashboard_shows_the_cards_of_a_second_box() -> None:
+    """A fleet with a group on another box: that box's cards, as its agent sent them over
+    SSH, are rows of the live cards table after this box's own."""
+    fleet = FleetState(
+        "pair",
+        1234,
+        {"url": "http://127.0.0.1:8080", "port": 8080},
+        remote_cards=[
+            {
+                "host": "lan-box",
+                "index": 0,
+                "name": "NVIDIA GeForce RTX 5060 Ti",
+                "memory_total_bytes": 16 << 30,
+                "time_s": 1.0,
+                "memory_used_bytes": 6 << 30,
+                "memory_busy_pct": 40.0,
+                "temperature_c": 55,
+                "power_draw_w": 120.0,
+            }
+        ],
+    )
+    app = LauncherApp(services(gpu_boxes.mixed_desktop_backend(), [fleet]))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("d")
+        await pilot.pause(0.3)
+        live = app.query_one("#live-cards", DataTable)
+        assert live.row_count == 3  # two cards here, one there
+        row = live.get_row_at(2)
+        assert row[0] == "lan-box:0" and "6.0 GiB" in row[1] and "40%" in row[2]
+        assert row[4:] == ["55°C", "120 W"]
+    # a main box without cards shows the other box's all the same
+    app = LauncherApp(services(gpu_boxes.no_driver_backend(), [fleet]))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("d")
+        await pilot.pause(0.3)
+        live = app.query_one("#live-cards", DataTable)
+        assert [live.get_row_at(i)[0] for i in range(live.row_count)] == ["lan-box:0"]
+
+
 async def test_main_flow_on_a_real_cpu_server(
     model_factory: object,
     llama_server: object,

@@ -26,11 +26,15 @@ from typing import TextIO
 
 from launcher.app import fleet, server
 from launcher.errors import LauncherError
+from launcher.gpu.backend import open_backend
+from launcher.gpu.nvml import NvmlUnavailable
+from launcher.gpu.sampler import GpuSampler
 from launcher.run.rpc import RpcServer, rpc_server_beside
 from launcher.run.supervisor import Supervisor, free_port
 from launcher.spec.fleet import FleetSpec
 
 GRACE_S = 10.0  # after the session is lost, before the groups stop
+CARDS_EVERY_S = 2.0  # how often this box's card samples go to the main box
 ROUTER_PORTS_FROM = 18800
 RPC_PORTS_FROM = 50052  # rpc-server's own default port
 
@@ -74,6 +78,37 @@ def serve(stdin: TextIO, stdout: TextIO, grace_s: float = GRACE_S) -> int:
         _emit(stdout, "failed", message=str(err))
         return 1
     return asyncio.run(_run(supervisor, rpc_servers, stdin, stdout, port, grace_s))
+
+
+class CardReport:
+    """This box's cards, sampled every second, for the main box's Dashboard and ``status``
+    (an ``cards`` event: each card's name, total memory and latest sample)."""
+
+    def __init__(self) -> None:
+        self.sampler: GpuSampler | None = None
+        self.names: dict[int, tuple[str, int]] = {}
+        try:
+            backend = open_backend()
+            cards = backend.cards()
+        except (NvmlUnavailable, LauncherError, OSError):
+            return  # no cards to show (a CPU box, no driver)
+        self.names = {c.index: (c.name, c.memory_total_bytes) for c in cards}
+        if cards:
+            self.sampler = GpuSampler(backend, list(self.names), lambda samples, tick: None)
+            self.sampler.start()
+
+    def event(self) -> list[dict[str, object]]:
+        if self.sampler is None:
+            return []
+        out = []
+        for index, sample in sorted(self.sampler.latest.items()):
+            name, total = self.names[index]
+            out.append({"name": name, "memory_total_bytes": total, **sample.to_json()})
+        return out
+
+    def stop(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
 
 
 def _say(line: str) -> None:
@@ -124,6 +159,16 @@ async def _run(
     # a dropped SSH connection may hang up on us: stop after the grace period, never leave the
     # workers running without their supervisor
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.call_later(grace_s, stop))
+    report = CardReport()
+
+    async def send_cards() -> None:
+        while True:
+            await asyncio.sleep(CARDS_EVERY_S)
+            cards = report.event()
+            if cards:
+                _emit(stdout, "cards", cards=cards)
+
+    sender = asyncio.create_task(send_cards())
     try:
         for name, rpc in rpc_servers.items():
             try:
@@ -138,6 +183,8 @@ async def _run(
             return await _watch_rpc(rpc_servers, stopped, stdout)
         return await _supervise(supervisor, rpc_servers, stdout, port, lent)
     finally:
+        sender.cancel()
+        report.stop()
         await asyncio.gather(*(rpc.stop() for rpc in rpc_servers.values()))
 
 

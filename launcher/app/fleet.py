@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from launcher.plan.split import parse_split
 from launcher.plan.workload import Workload
 from launcher.profiles import launch
 from launcher.run import daemon, fleet_state
+from launcher.run import remote as remote_run
 
 # the state of a running fleet, as status and the Dashboard show it
 from launcher.run.fleet_state import FleetState as FleetState
@@ -41,6 +42,7 @@ from launcher.spec.fleet import (
     DEFAULT_SETTINGS,
     FleetSpec,
     GroupSpec,
+    RemoteHost,
     RouterSpec,
     ServerSettings,
     WorkerSpec,
@@ -625,21 +627,48 @@ def fleets() -> list[FleetState]:
     return fleet_state.list_fleets()
 
 
+def remote_log(worker_id: str, follow: bool) -> Iterator[str] | None:
+    """The lines of ``FLEET/HOST:wN``, a worker on the fleet's other box ``HOST``, read over
+    SSH; None when ``worker_id`` names a worker here."""
+    fleet, _, worker = worker_id.partition("/")
+    host_name, colon, remote_worker = worker.partition(":")
+    if not colon:
+        return None
+    state = fleet_state.read_state(fleet_state.state_path(check_name(fleet)))
+    if state is None:
+        raise LauncherError(f"Fleet {fleet} is not running; 'llama-launcher status' lists fleets.")
+    hosts = {h["name"]: h for h in state.remote_hosts}
+    if host_name not in hosts:
+        raise LauncherError(
+            f"Fleet {fleet} has no host {host_name!r} (its other boxes: "
+            f"{', '.join(hosts) or 'none'})."
+        )
+    host = RemoteHost(**hosts[host_name])
+    return remote_run.log_lines(
+        host, remote_run.remote_fleet(fleet, host_name), remote_worker or "w0", follow
+    )
+
+
 def log_path(worker_id: str) -> Path:
     """The log of worker ``FLEET/wN`` (or ``FLEET/supervisor``, a detached fleet's
     supervisor and router); raises with the logs there are."""
     fleet, _, worker = worker_id.partition("/")
     if not worker:
         raise LauncherError(
-            "Name a worker as FLEET/wN, or FLEET/supervisor, e.g. 'llama-launcher logs mymodel/w0'."
+            "Name a worker as FLEET/wN, FLEET/supervisor or FLEET/HOST:wN (a worker on another "
+            "box), e.g. 'llama-launcher logs mymodel/w0'."
         )
     folder = fleet_state.logs_dir(check_name(fleet))
     path = folder / f"{worker}.log"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.log"))
+        state = fleet_state.read_state(fleet_state.state_path(fleet))
+        elsewhere = [h["name"] for h in state.remote_hosts] if state else []
         raise LauncherError(
             f"No log for {worker_id}; workers with logs: "
-            f"{', '.join(f'{fleet}/{k}' for k in known) or 'none'}."
+            f"{', '.join(f'{fleet}/{k}' for k in known) or 'none'}"
+            + "".join(f"; on host {h}: {fleet}/{h}:wN" for h in elsewhere)
+            + "."
         )
     return path
 

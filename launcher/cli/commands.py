@@ -266,6 +266,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    remote = fleet.remote_log(args.worker, args.follow)
+    if remote is not None:  # a worker on another box, over ssh
+        for text in remote:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return 0
     path = fleet.log_path(args.worker)
     with path.open("rb") as f:
         sys.stdout.write(f.read().decode(errors="replace"))

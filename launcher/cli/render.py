@@ -295,6 +295,15 @@ def print_status(fleets: list[FleetState]) -> None:
                     print(f"      {g.message}")
             if any(g.on_demand for g in f.groups):
                 print("  * on demand: loaded on its first request, unloaded after its ttl")
+        for card in f.remote_cards:
+            used = card.get("memory_used_bytes") or 0
+            total = card.get("memory_total_bytes") or 0
+            busy = card.get("gpu_busy_pct")
+            print(
+                f"  card {card.get('host')}:{card.get('index')} {card.get('name', '')}: "
+                f"{used / 2**30:.1f} / {total / 2**30:.1f} GiB"
+                + (f", busy {busy:.0f}%" if isinstance(busy, (int, float)) else "")
+            )
 
 
 def print_load(result: LoadResult) -> None:

@@ -5,7 +5,8 @@ Units are in the field names: bytes, bytes per second, watts, degrees Celsius, M
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 # Usable bandwidth of one PCIe lane per direction, bytes/s, after line encoding
 # (8b/10b for gen 1-2, 128b/130b from gen 3; gen 6 FLIT mode taken as gen 5 x2).
@@ -138,6 +139,14 @@ class GpuSample:
     @property
     def bandwidth_label(self) -> str:
         return "DRAM bw" if self.dram_bandwidth_pct is not None else "mem busy"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GpuSample:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)

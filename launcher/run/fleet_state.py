@@ -84,6 +84,12 @@ class FleetState:
     started_at: float = 0.0
     supervisor_started: float | None = None  # the supervisor's start time (psutil)
     drain_s: float = 10.0  # how long a stop lets requests in flight finish
+    # the cards of the fleet's other boxes, as their agents last sent them: each a card's
+    # name, total memory and latest sample (gpu.card.GpuSample's fields), and "host"
+    remote_cards: list[dict[str, Any]] = field(default_factory=list)
+    # the fleet's other boxes as its spec has them (spec.fleet.RemoteHost's fields), for
+    # 'logs FLEET/HOST:wN'
+    remote_hosts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

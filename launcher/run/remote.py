@@ -20,10 +20,12 @@ import contextlib
 import json
 import os
 import shlex
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from launcher.errors import LauncherError
 from launcher.spec.fleet import RemoteHost
 
 SSH_OPTIONS_ENV = "LLAMA_LAUNCHER_SSH_OPTIONS"  # extra ssh options, e.g. "-F /path/config"
@@ -62,6 +64,45 @@ def agent_command(host: RemoteHost) -> str:
     return " ".join(parts)
 
 
+def remote_fleet(fleet: str, host: str) -> str:
+    """The name the agent on ``host`` runs ``fleet``'s groups under."""
+    return f"{fleet}-{host}"
+
+
+def log_lines(host: RemoteHost, fleet: str, worker: str, follow: bool) -> Iterator[str]:
+    """``logs`` of a worker on ``host`` (its agent's fleet ``fleet``), read over ssh: the
+    lines as they come; raises with what the other box said when it has no such log."""
+    parts = ["exec"]
+    if host.home:
+        parts += ["env", f"LLAMA_LAUNCHER_HOME={shlex.quote(host.home)}"]
+    parts += [shlex.quote(host.launcher), "logs", shlex.quote(f"{fleet}/{worker}")]
+    if follow:
+        parts.append("-f")
+    try:
+        proc = subprocess.Popen(
+            [*ssh_base(host), " ".join(parts)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as err:
+        raise LauncherError(
+            f"Cannot run ssh ({err.strerror}); install the OpenSSH client."
+        ) from err
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        for raw in proc.stdout:
+            yield raw.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        code = proc.wait()
+    said = proc.stderr.read().decode(errors="replace").strip().splitlines()
+    if code not in (0, -15):
+        reason = said[-1].removeprefix("llama-launcher: ") if said else f"ssh exit code {code}"
+        raise LauncherError(f"Host {host.name}: {reason}")
+
+
 class RemoteSession:
     """One remote host's groups: the agent, the tunnel, their state."""
 
@@ -82,6 +123,7 @@ class RemoteSession:
         # rpc-server here
         self.rpc_ports = dict(rpc_ports or {})
         self.remote_rpc: dict[str, int] = {}  # the same, their ports there
+        self.cards: list[dict[str, Any]] = []  # its cards' latest samples (the agent's)
         # the llama-server each pooled-rpc group's profile names (its build's rpc-server)
         self.rpc_servers = dict(rpc_servers or {})
         self.say = say
@@ -251,6 +293,8 @@ class RemoteSession:
                 self._ready.set()
             elif kind == "groups":
                 self.groups = dict(event.get("groups", {}))
+            elif kind == "cards":
+                self.cards = [c for c in event.get("cards", []) if isinstance(c, dict)]
             elif kind == "failed":
                 self._down(str(event.get("message", "its groups failed")))
         code = await self.agent.wait()

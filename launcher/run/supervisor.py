@@ -54,7 +54,7 @@ from launcher.router.process import spec_message
 from launcher.router.server import RouteGroup, RouterConfig, require_key_for
 from launcher.run import fleet_state
 from launcher.run.fleet_state import FleetState, GroupState, WorkerState
-from launcher.run.remote import RemoteSession
+from launcher.run.remote import RemoteSession, remote_fleet
 from launcher.run.router_host import RouterHost, die_with_parent
 from launcher.spec.fleet import NO_ROUTE, FleetSpec, GroupSpec, RouterSpec, WorkerSpec
 
@@ -436,6 +436,7 @@ class Supervisor:
             fleet_state.process_started(os.getpid()),
             spec.router.drain_s,
         )
+        self.state.remote_hosts = [vars(h) for h in spec.remote_hosts]
         self._session: aiohttp.ClientSession | None = None
         self._state_error_at = -STATE_ERROR_EVERY_S  # when a failed state write was last said
         self.own_log = own_log  # a detached supervisor's log (its stdout), rotated as it grows
@@ -470,7 +471,7 @@ class Supervisor:
                 rpc_ports[g.name] = rpc_port
             remote_spec = (
                 FleetSpec(
-                    f"{self.fleet}-{host.name}",
+                    remote_fleet(self.fleet, host.name),
                     # the main router routes between groups; there each group serves alone
                     tuple(replace(g, host=None, workers=(), route=NO_ROUTE) for g in groups),
                     replace(self.spec.router, members=()),
@@ -508,6 +509,9 @@ class Supervisor:
                 g.overflowed = counts["overflowed"]
                 g.rule_routed = counts["rule_routed"]
         self.state.groups = groups
+        self.state.remote_cards = [
+            {"host": r.host.name, **c} for r in self.remote_sessions for c in r.cards
+        ]
         try:
             fleet_state.write_state(self.state)
         except OSError as err:  # a full or read-only disk must not stop the fleet

@@ -51,6 +51,9 @@ class DashboardPane(Widget):
         super().__init__(id=id)
         self.fleets: list[FleetState] = []
         self.history: dict[str, list[float]] = {}  # worker id -> recent tok/s
+        # this box's last samples: redrawn with the other boxes' cards when the fleets change
+        self.samples: list[GpuSample] = []
+        self.totals: dict[int, int] = {}
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
@@ -83,11 +86,21 @@ class DashboardPane(Widget):
 
     def show_samples(self, samples: list[GpuSample], totals: dict[int, int]) -> None:
         """One tick of GPU samples; ``totals`` is each card's memory in bytes."""
+        self.samples, self.totals = samples, totals
         table = next(self.query("#live-cards").results(DataTable), None)
         if table is None:  # not composed yet, or closing: the next tick draws it
             return
         table.clear()
-        for s in samples:
+        rows = [(str(s.index), s, totals.get(s.index, 0)) for s in samples]
+        # the fleets' other boxes, as their agents last sent their cards over SSH
+        for fleet in self.fleets:
+            for card in fleet.remote_cards:
+                total = card.get("memory_total_bytes")
+                label = f"{card.get('host')}:{card.get('index')}"
+                rows.append(
+                    (label, GpuSample.from_json(card), total if isinstance(total, int) else 0)
+                )
+        for label, s, total in rows:
             used = s.memory_used_bytes or 0
             bw = (
                 f"{bar(s.bandwidth_pct or 0, 100, 8)} {s.bandwidth_label}"
@@ -97,8 +110,8 @@ class DashboardPane(Widget):
             rx = f"{(s.pcie_rx_kib_s or 0) / 1024:.0f}"
             tx = f"{(s.pcie_tx_kib_s or 0) / 1024:.0f}"
             table.add_row(
-                str(s.index),
-                f"{bar(used, totals.get(s.index, 0))} {used / GIB:.1f} GiB",
+                label,
+                f"{bar(used, total)} {used / GIB:.1f} GiB",
                 bw,
                 f"{rx} / {tx}",
                 f"{s.temperature_c}°C" if s.temperature_c is not None else "-",
@@ -139,6 +152,8 @@ class DashboardPane(Widget):
         selected = self.selected_worker()
         table.clear()
         self.fleets = fleets
+        if any(f.remote_cards for f in fleets):
+            self.show_samples(self.samples, self.totals)
         endpoints = []
         for f in fleets:
             if f.router:
