@@ -105,12 +105,14 @@ def test_missing_cmake_says_what_to_install(tmp_path: Path) -> None:
     assert "cmake not found; install it with 'pip install cmake'" in result.stderr
 
 
-def fake_installation(key: str, backend: str, source: str) -> Path:
+def fake_installation(key: str, backend: str, source: str, rpc: bool = True) -> Path:
     root = paths.builds_dir() / key
     (root / "bin").mkdir(parents=True)
     server = root / "bin" / "llama-server"
     server.write_text("#!/bin/sh\necho 'version: 9 (build 9, commit abc)'\n")
     server.chmod(server.stat().st_mode | stat.S_IEXEC)
+    if rpc:
+        (root / "bin" / "rpc-server").write_text("#!/bin/sh\n")
     (root / "install.json").write_text(
         json.dumps({"version": key.split("-")[0], "backend": backend, "source": source})
     )
@@ -127,6 +129,28 @@ def test_install_is_idempotent(tmp_path: Path) -> None:
     assert "already installed" in result.stdout and str(server) in result.stdout
     other = run_install({"PATH": str(empty)}, "--llama-cpp-python-version", "0.3.35")
     assert other.returncode == 2 and "No C++ compiler" in other.stderr
+
+
+def test_a_build_without_rpc_server_is_built_again(tmp_path: Path) -> None:
+    """A build from before RPC was part of the install is rebuilt (here: the toolchain is
+    asked for, and there is none), saying why."""
+    fake_installation("0c1e57098-cpu", "cpu", "llama-cpp-python==0.3.36", rpc=False)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    result = run_install({"PATH": str(empty)})
+    assert result.returncode == 2
+    assert "has no rpc-server (made before RPC was part of the install)" in result.stderr
+    assert "No C++ compiler" in result.stderr
+
+
+def test_the_rpc_server_target_is_read_from_the_tree(tmp_path: Path) -> None:
+    from launcher.run.install import build_targets, rpc_target
+
+    (tmp_path / "tools" / "rpc").mkdir(parents=True)
+    assert rpc_target(tmp_path) == "rpc-server"  # no CMakeLists: the old name
+    (tmp_path / "tools" / "rpc" / "CMakeLists.txt").write_text("set(TARGET ggml-rpc-server)\n")
+    assert rpc_target(tmp_path) == "ggml-rpc-server"
+    assert build_targets(tmp_path)["rpc-server"] == "ggml-rpc-server"
 
 
 def test_source_that_is_not_llama_cpp(tmp_path: Path) -> None:

@@ -364,6 +364,7 @@ def test_plan_text_with_a_profile(model_factory: Callable[..., Path]) -> None:
     card = data["layouts"][0]["cards"][0]
     assert set(card) == {
         "index",
+        "host",  # another box's card lent over RPC; null here
         "uuid",
         "weights_bytes",
         "kv_bytes",

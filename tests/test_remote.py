@@ -320,10 +320,12 @@ def test_net_test_measures_through_ssh_and_writes_the_link(
     assert "Round trips to second" in result.stderr  # progress
     text = hardware.read_text()
     assert "# my note" in text  # the user's lines stay
-    link = load_hardware_profile(hardware).hosts[1].info.link_gbit
-    assert link is not None and link > 0.05  # loopback through ssh: well above that
+    second = load_hardware_profile(hardware).hosts[1].info
+    assert second.link_gbit is not None and second.link_gbit > 0.05  # loopback through ssh
+    assert second.rtt_ms is not None and second.rtt_ms > 0  # the plan takes it
     again = run_cli("net-test", "second", "--hardware", str(hardware), timeout=120)
     assert again.returncode == 0 and hardware.read_text().count("link =") == 1
+    assert hardware.read_text().count("rtt_ms =") == 1
     closed = run_cli("net-test", f"{box.user}@127.0.0.1:{free_port()}", timeout=60)
     assert closed.returncode != 0 and "Connection refused" in closed.stderr
     assert "Traceback" not in closed.stderr

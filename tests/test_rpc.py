@@ -94,7 +94,9 @@ def test_pooled_over_rpc_gives_the_same_greedy_tokens(
             pooled.wait()
         assert len(expected) == 32
         assert got == expected
-        # the layers really were on the device: llama-server connected to the rpc-server
+        # the layers really were on the device: llama-server connected to the rpc-server (its
+        # lines are read while the loop runs)
+        loop.run_until_complete(asyncio.sleep(0.5))
         assert sum("Accepted client connection" in line for line in rpc.tail) >= 1, rpc.tail
     finally:
         loop.run_until_complete(rpc.stop())
