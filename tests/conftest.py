@@ -20,6 +20,8 @@ import pytest
 
 from launcher.model import synthetic
 
+from .sshbox import SshBox
+
 _REAL_SERVER: Path | None = None
 
 
@@ -173,3 +175,16 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0)
             pass
         time.sleep(0.2)
     raise AssertionError(f"llama-server at {url} was not healthy after {timeout} s")
+
+
+@pytest.fixture
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SshBox]:
+    """The second box (its cards: four H100s, a fixed GPU backend), and the launcher's ssh
+    set up to use its key."""
+    from tests import gpu_boxes, sshbox
+
+    cards = gpu_boxes.save(gpu_boxes.four_h100_backend(), tmp_path / "second-cards.json")
+    with sshbox.sshd(tmp_path / "sshd", {"LLAMA_LAUNCHER_GPU_BACKEND": cards}) as running:
+        for key, value in sshbox.environ(running).items():
+            monkeypatch.setenv(key, value)
+        yield running

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,19 +26,6 @@ needs_sshd = pytest.mark.skipif(
     not sshbox.available(), reason="no OpenSSH server here (.ci/run installs openssh-server)"
 )
 LAUNCHER = str(Path(sys.executable).parent / "llama-launcher")
-
-
-@pytest.fixture
-def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sshbox.SshBox]:
-    """The second box (its cards: four H100s, a fixed GPU backend), and the launcher's ssh
-    set up to use its key."""
-    from tests import gpu_boxes
-
-    cards = gpu_boxes.save(gpu_boxes.four_h100_backend(), tmp_path / "second-cards.json")
-    with sshbox.sshd(tmp_path / "sshd", {"LLAMA_LAUNCHER_GPU_BACKEND": cards}) as running:
-        for key, value in sshbox.environ(running).items():
-            monkeypatch.setenv(key, value)
-        yield running
 
 
 def _up(
@@ -59,7 +46,9 @@ def _up(
     return port, run_cli("up", str(fleet), "--detach", timeout=240)
 
 
-def _hardware(tmp_path: Path, ssh: str, home: Path) -> Path:
+def _hardware(tmp_path: Path, ssh: str, home: Path, more: str = "") -> Path:
+    """A hardware profile of this box and host "second" at ``ssh``; ``more``: lines added to
+    the second host (its cards)."""
     path = tmp_path / "two-boxes.toml"
     path.write_text(
         f"""format = 1
@@ -76,7 +65,7 @@ ssh = "{ssh}"
 launcher = "{LAUNCHER}"
 home = "{home}"
 link = "1gbe"
-"""
+{more}"""
     )
     return path
 

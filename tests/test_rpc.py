@@ -9,7 +9,7 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from launcher.spec.fleet import FleetSpec, GroupSpec
 
 from . import sshbox
 from .conftest import free_port, run_cli
-from .test_remote import LAUNCHER, _groups, _until, needs_sshd
+from .test_remote import _ask, _groups, _hardware, _servers, _until, needs_sshd
 
 PROMPT = "The quick brown fox"
 
@@ -208,14 +208,6 @@ def test_pooled_rpc_and_rpc_host_go_together(tmp_path: Path) -> None:
     assert FleetSpec.from_json(ok.to_json()) == ok
 
 
-@pytest.fixture
-def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sshbox.SshBox]:
-    with sshbox.sshd(tmp_path / "sshd") as running:
-        for key, value in sshbox.environ(running).items():
-            monkeypatch.setenv(key, value)
-        yield running
-
-
 def _rpc_servers() -> list[int]:
     out = subprocess.run(["pgrep", "-f", "rpc-server -H 127.0.0.1"], capture_output=True)
     return [int(p) for p in out.stdout.split()]
@@ -232,26 +224,8 @@ def test_up_pools_the_second_box_over_rpc_through_the_tunnel(
     127.0.0.1, the tunnel brings it here, the worker here takes ``--rpc`` at the tunnel and
     answers; ``down`` leaves no rpc-server."""
     model = model_factory("llama")
-    hardware = tmp_path / "pair.toml"
-    hardware.write_text(
-        f"""format = 1
-name = "pair"
-[[hosts]]
-name = "main"
-ram_gb = 16
-cpu_cores = 2
-[[hosts]]
-name = "second"
-ram_gb = 16
-cpu_cores = 2
-ssh = "{box.target}"
-launcher = "{LAUNCHER}"
-home = "{tmp_path / "second-home"}"
-link = "1gbe"
-[[hosts.cards]]
-card = "rtx-5060-ti-16gb"
-"""
-    )
+    second_card = '[[hosts.cards]]\ncard = "rtx-5060-ti-16gb"\n'
+    hardware = _hardware(tmp_path, box.target, tmp_path / "second-home", second_card)
     port = free_port()
     fleet = tmp_path / "pooled.toml"
     fleet.write_text(
@@ -283,21 +257,13 @@ llama_server = "{llama_server}"
         fleet_state = next(f for f in status["fleets"] if f["name"] == "pooled")
         argv = " ".join(fleet_state["workers"][0]["argv"])
         assert "--rpc 127.0.0.1:" in argv
-        body = json.dumps(
-            {"model": "big", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-        ).encode()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            assert resp.status == 200
-            assert json.loads(resp.read())["usage"]["completion_tokens"] == 8
+        status, headers = _ask(port, "big")
+        assert status == 200 and headers["X-Llama-Launcher-Group"] == "big"
     finally:
         down = run_cli("down", "pooled", timeout=120)
     assert down.returncode == 0, down.stderr
     assert _until(lambda: not _rpc_servers(), 30), _rpc_servers()
+    assert _until(lambda: not _servers(model), 30), _servers(model)
     agents = subprocess.run(["pgrep", "-f", "llama-launcher agent"], capture_output=True)
     assert not agents.stdout.strip()
 

@@ -359,19 +359,17 @@ def per_card(ctx: _Ctx) -> Layout:
     )
 
 
-def pooled_layer(
+def _layer_split(
     ctx: _Ctx,
-    cards: Sequence[GpuCard] | None = None,
-    port_offset: int = 0,
-    users: int | None = None,
-    kind: str = "pooled-layer",
-) -> Layout:
-    """One ``-sm layer`` worker over ``cards`` with a split that balances headroom."""
+    cards: Sequence[GpuCard],
+    slots: int,
+    given: Sequence[float] = (),
+    extra_first_card: int = 0,
+) -> tuple[list[int], list[CardMemory], int]:
+    """A ``-sm layer`` worker's layers per card (``given``, else balanced for headroom), its
+    memory per card and on the host."""
     w = ctx.workload
-    cards = tuple(cards if cards is not None else ctx.cards)
-    slots = max(users if users is not None else w.users, 1)
     free = [_free(c) for c in cards]
-    given = w.tensor_split if len(cards) == len(ctx.cards) else ()
     split = (
         list(layer_counts(given, len(cards), ctx.spec.n_layer))
         if given
@@ -387,9 +385,25 @@ def pooled_layer(
         slots,
         w.kv_type,
         w.n_ubatch,
-        extra_first_card=ctx.mmproj_bytes,
+        extra_first_card=extra_first_card,
         flash_attn=w.flash_attn,
     )
+    return split, memory, host
+
+
+def pooled_layer(
+    ctx: _Ctx,
+    cards: Sequence[GpuCard] | None = None,
+    port_offset: int = 0,
+    users: int | None = None,
+    kind: str = "pooled-layer",
+) -> Layout:
+    """One ``-sm layer`` worker over ``cards`` with a split that balances headroom."""
+    w = ctx.workload
+    cards = tuple(cards if cards is not None else ctx.cards)
+    slots = max(users if users is not None else w.users, 1)
+    given = w.tensor_split if len(cards) == len(ctx.cards) else ()
+    split, memory, host = _layer_split(ctx, cards, slots, given, ctx.mmproj_bytes)
     port = ctx.router_port + 1 + port_offset
     args = _args(ctx, port, slots, **_gpu(ctx, "layer", 999, split))
     stages = _stages(ctx, cards, memory)
@@ -464,24 +478,7 @@ def pooled_rpc(ctx: _Ctx) -> Layout:
     remote, local = ctx.rpc.cards, ctx.cards
     devices = (*remote, *local)
     slots = max(w.users, 1)
-    free = [_free(c) for c in devices]
-    split = (
-        list(layer_counts(w.tensor_split, len(devices), ctx.spec.n_layer))
-        if w.tensor_split
-        else mem.balanced_shares(
-            ctx.spec, free, w.ctx, slots, w.kv_type, w.n_ubatch, flash_attn=w.flash_attn
-        )
-    )
-    memory, host = mem.layer_split_memory(
-        ctx.spec,
-        [(c.index, c.uuid, f) for c, f in zip(devices, free, strict=True)],
-        split,
-        w.ctx,
-        slots,
-        w.kv_type,
-        w.n_ubatch,
-        flash_attn=w.flash_attn,
-    )
+    split, memory, host = _layer_split(ctx, devices, slots, w.tensor_split)
     memory = [
         dataclasses.replace(m, host=ctx.rpc.host) if i < len(remote) else m
         for i, m in enumerate(memory)
