@@ -204,7 +204,7 @@ def test_up_runs_a_group_on_the_second_box_and_down_leaves_nothing(
     port, up = _up(tmp_path, box.target, model, llama_server, "pair")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
-        assert "Group far: on host second" in up.stdout
+        assert "Group far: on host second" in up.stdout and "reached through SSH" in up.stdout
         assert _until(lambda: _ask(port, "far", 5)[0] == 200, 120), run_cli("logs", "pair").stdout
         status, headers = _ask(port, "far")
         assert status == 200 and headers["X-Llama-Launcher-Group"] == "far"
@@ -240,6 +240,58 @@ def test_up_runs_a_group_on_the_second_box_and_down_leaves_nothing(
     assert not leftover.stdout.strip()
     tunnels = subprocess.run(["pgrep", "-f", f"-L 127.0.0.1:.*{box.port}"], capture_output=True)
     assert not tunnels.stdout.strip()
+
+
+@needs_sshd
+def test_a_host_on_the_lan_serves_with_the_fleets_key(
+    tmp_path: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``reach = "lan"``: the other box's router listens on its ``address`` (no tunnel) and
+    requires the fleet's API key, which the main router sends; without the fleet's key
+    ``up`` says what to set."""
+    model = model_factory("llama")
+    lan_port = free_port()
+    more = f'reach = "lan"\naddress = "127.0.0.1:{lan_port}"\n'
+    hardware = _hardware(tmp_path, box.target, tmp_path / "second-home", more)
+    port = free_port()
+    fleet = _fleet(tmp_path, hardware, model, llama_server, port, "lan", overflow=False)
+    refused = run_cli("up", str(fleet), "--detach", timeout=60)
+    assert refused.returncode != 0 and "set [router] api_key_env = VAR" in refused.stderr
+    text = fleet.read_text().replace("[router]\n", '[router]\napi_key_env = "FLEET_KEY"\n')
+    fleet.write_text(text)
+    monkeypatch.setenv("FLEET_KEY", "s3cret")
+    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        assert f"reached at 127.0.0.1:{lan_port} on the LAN" in up.stdout
+
+        def ask(url: str, key: str | None) -> int:
+            body = json.dumps({"model": "far", "messages": [{"role": "user", "content": "hi"}]})
+            headers = {"Content-Type": "application/json"}
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            req = urllib.request.Request(url, data=body.encode(), headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as err:
+                return int(err.code)
+
+        main = f"http://127.0.0.1:{port}/v1/chat/completions"
+        there = f"http://127.0.0.1:{lan_port}/v1/chat/completions"
+        assert _until(lambda: ask(main, "s3cret") == 200, 120), run_cli("logs", "lan/supervisor")
+        assert ask(there, None) == 401  # the LAN router wants the key
+        assert ask(there, "s3cret") == 200
+        tunnels = subprocess.run(["pgrep", "-f", f"-L 127.0.0.1:.*{box.port}"], capture_output=True)
+        assert not tunnels.stdout.strip()  # nothing to tunnel
+    finally:
+        down = run_cli("down", "lan", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert _until(lambda: not _servers(model), 30), _servers(model)
 
 
 @needs_sshd

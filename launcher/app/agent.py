@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -37,6 +38,7 @@ GRACE_S = 10.0  # after the session is lost, before the groups stop
 CARDS_EVERY_S = 2.0  # how often this box's card samples go to the main box
 ROUTER_PORTS_FROM = 18800
 RPC_PORTS_FROM = 50052  # rpc-server's own default port
+AGENT_KEY_ENV = "LLAMA_LAUNCHER_AGENT_KEY"  # the fleet's key, for a router on the LAN
 
 
 def _emit(out: TextIO, event: str, **fields: object) -> None:
@@ -60,6 +62,8 @@ def serve(stdin: TextIO, stdout: TextIO, grace_s: float = GRACE_S) -> int:
         # each pooled-rpc group of the main box: its name and the llama-server its profile
         # names (whose build's rpc-server is used here too, as for the groups that run here)
         lenders = {str(r["group"]): r.get("llama_server") for r in message.get("rpc", ())}
+        bind = message.get("bind")  # reach = "lan": "host:port", with the fleet's API key
+        key = message.get("api_key")
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         _emit(stdout, "failed", message=f"the agent got no fleet spec ({err})")
         return 2
@@ -68,8 +72,16 @@ def serve(stdin: TextIO, stdout: TextIO, grace_s: float = GRACE_S) -> int:
     try:
         rpc_servers = _rpc_servers(lenders)
         if spec is not None:
-            port = free_port(set(), ROUTER_PORTS_FROM)
-            router = replace(spec.router, host="127.0.0.1", port=port, api_key_env=None, members=())
+            host, port, key_env = "127.0.0.1", free_port(set(), ROUTER_PORTS_FROM), None
+            if bind:
+                if not key:
+                    raise LauncherError(
+                        "A router on the LAN needs the fleet's API key, and none came."
+                    )
+                host, _, port_text = str(bind).rpartition(":")
+                port, key_env = int(port_text), AGENT_KEY_ENV
+                os.environ[AGENT_KEY_ENV] = str(key)
+            router = replace(spec.router, host=host, port=port, api_key_env=key_env, members=())
             local = replace(spec, router=router, hardware=None, remote_hosts=())
             prepared = fleet.plan_spec(local, llama_server=None, replan=False)
             _emit(stdout, "planned", lines=list(prepared.lines))

@@ -55,6 +55,12 @@ def hosts_for(spec: FleetSpec) -> tuple[tuple[RemoteHost, ...], list[str]]:
                 "\"user@host\"; add it so that 'up' can start group "
                 f"{group.name}'s part there."
             )
+        if info.reach == "lan" and group.host and not spec.router.api_key_env:
+            raise LauncherError(
+                f'Host {info.name} is reached over the LAN (reach = "lan"), so its router '
+                "there must require the fleet's API key: set [router] api_key_env = VAR in "
+                "the launch profile, with the key in VAR."
+            )
         hosts[info.name] = RemoteHost(
             info.name,
             info.ssh,
@@ -62,11 +68,19 @@ def hosts_for(spec: FleetSpec) -> tuple[tuple[RemoteHost, ...], list[str]]:
             info.home,
             info.link_gbit,
             info.rtt_ms,
+            info.reach,
+            info.address,
         )
         if group.host:
+            via = f"at {info.address} on the LAN" if info.reach == "lan" else "through SSH"
             lines.append(
                 f"Group {group.name}: on host {info.name} ({info.ssh}), planned there when it "
-                "starts."
+                f"starts, reached {via}."
+            )
+        elif info.reach == "lan":
+            lines.append(
+                f"Group {group.name}: host {info.name}'s rpc-server has no authentication, so "
+                'it is reached through SSH all the same (reach = "lan" applies to routers).'
             )
     return tuple(hosts.values()), lines
 

@@ -29,6 +29,7 @@ class HostInfo:
     home: str | None = None
     link_gbit: float | None = None
     rtt_ms: float | None = None  # the round trip to it, as net-test measured it
+    reach: str = "tunnel"  # its groups: through an SSH tunnel, or "lan" at ``address``
 
 
 def this_host() -> HostInfo:

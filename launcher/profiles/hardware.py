@@ -52,6 +52,7 @@ _HOST_KEYS = {
     "home",
     "link",
     "rtt_ms",
+    "reach",
     "cpu_flags",
 }
 _SSH = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?$")
@@ -149,6 +150,22 @@ def parse_pcie(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def _reach(ctx: _Ctx, raw: dict[str, Any], key: str) -> str:
+    reach = ctx.text(raw, "reach", key) or "tunnel"
+    if reach not in ("tunnel", "lan"):
+        raise ctx.fail(
+            f"{key}.reach",
+            f'= {reach!r}: must be "tunnel" (through SSH, the default) or "lan" (its '
+            "router on address, with the fleet's API key).",
+        )
+    if reach == "lan" and not raw.get("address"):
+        raise ctx.fail(
+            f"{key}.reach",
+            '= "lan" needs address = "host:port": where its router listens on the LAN.',
+        )
+    return reach
+
+
 def load_hardware_profile(path: Path) -> Inventory:
     """Read and validate a hardware profile; raises ``LauncherError`` naming file and key."""
     data = store.read_toml(path)
@@ -204,6 +221,7 @@ def _host(ctx: _Ctx, raw: dict[str, Any], key: str) -> Host:
         home=ctx.text(raw, "home", key),
         link_gbit=link_gbit,
         rtt_ms=ctx.number(raw, "rtt_ms", key),
+        reach=_reach(ctx, raw, key),
     )
     cards: list[GpuCard] = []
     cards_raw = raw.get("cards", [])

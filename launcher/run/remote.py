@@ -93,12 +93,13 @@ def log_lines(host: RemoteHost, fleet: str, worker: str, follow: bool) -> Iterat
     try:
         for raw in proc.stdout:
             yield raw.decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        code = proc.wait()
+    except GeneratorExit:  # the reader stopped (Ctrl-C on -f): so does ssh
+        proc.terminate()
+        proc.wait()
+        raise
+    code = proc.wait()
     said = proc.stderr.read().decode(errors="replace").strip().splitlines()
-    if code not in (0, -15):
+    if code != 0:
         reason = said[-1].removeprefix("llama-launcher: ") if said else f"ssh exit code {code}"
         raise LauncherError(f"Host {host.name}: {reason}")
 
@@ -114,6 +115,7 @@ class RemoteSession:
         say: Say,
         rpc_ports: dict[str, int] | None = None,
         rpc_servers: dict[str, str | None] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.host = host
         # the groups that run there as a fleet spec (FleetSpec.to_json()); None: only rpc
@@ -126,6 +128,9 @@ class RemoteSession:
         self.cards: list[dict[str, Any]] = []  # its cards' latest samples (the agent's)
         # the llama-server each pooled-rpc group's profile names (its build's rpc-server)
         self.rpc_servers = dict(rpc_servers or {})
+        # reach = "lan": its router listens on host.address with the fleet's ``api_key``
+        self.lan = host.reach == "lan" and spec is not None and host.address is not None
+        self.api_key = api_key
         self.say = say
         self.state = "starting"  # starting, running, down, stopped
         self.message = ""
@@ -142,6 +147,9 @@ class RemoteSession:
 
     @property
     def url(self) -> str:
+        """Where the fleet's router reaches its groups: the tunnel's end, or its address."""
+        if self.lan:
+            return f"http://{self.host.address}"
         return f"http://127.0.0.1:{self.local_port}"
 
     @property
@@ -216,7 +224,9 @@ class RemoteSession:
             return False
         assert self.agent.stdin is not None
         rpc = [{"group": g, "llama_server": self.rpc_servers.get(g)} for g in self.rpc_ports]
-        asked = {"spec": self.spec, "rpc": rpc}
+        asked: dict[str, Any] = {"spec": self.spec, "rpc": rpc}
+        if self.lan:  # over the SSH session's stdin: the key never is on a command line
+            asked |= {"bind": self.host.address, "api_key": self.api_key}
         self.agent.stdin.write((json.dumps(asked) + "\n").encode())
         with contextlib.suppress(ConnectionError):
             await self.agent.stdin.drain()
@@ -240,8 +250,11 @@ class RemoteSession:
         return True
 
     async def _open_tunnel(self) -> bool:
-        pairs = [(self.local_port, self.remote_port)] if self.remote_port is not None else []
+        tunnel_router = self.remote_port is not None and not self.lan
+        pairs = [(self.local_port, self.remote_port)] if tunnel_router else []
         pairs += [(self.rpc_ports[g], self.remote_rpc[g]) for g in self.rpc_ports]
+        if not pairs:
+            return True  # its router is on the LAN, nothing to tunnel
         forwards = []
         for here, there in pairs:
             forwards += ["-L", f"127.0.0.1:{here}:127.0.0.1:{there}"]

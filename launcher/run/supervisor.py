@@ -480,10 +480,14 @@ class Supervisor:
                 else None
             )
             binaries = {g.name: g.server.llama_server for g in borrowers}
-            session = RemoteSession(host, remote_spec, port, self.say, rpc_ports, binaries)
+            key = self.router_config.api_key if self.router_config else None
+            session = RemoteSession(host, remote_spec, port, self.say, rpc_ports, binaries, key)
             sessions.append(session)
             for g in groups:
-                self.remote_members.append((g.name, Member(f"{host.name}/{g.name}", session.url)))
+                member = Member(
+                    f"{host.name}/{g.name}", session.url, api_key=key if session.lan else None
+                )
+                self.remote_members.append((g.name, member))
         return sessions
 
     @property

@@ -247,6 +247,10 @@ class RemoteHost:
     home: str | None = None
     link_gbit: float | None = None
     rtt_ms: float | None = None
+    # "tunnel" (its router on its 127.0.0.1, reached through SSH) or "lan" (its router on
+    # ``address``, "host:port" on the LAN, with the fleet's API key)
+    reach: str = "tunnel"
+    address: str | None = None
 
 
 @dataclass(frozen=True)
