@@ -3,9 +3,9 @@ what pooling over llama.cpp RPC costs a decode step (docs/remote.md, "The networ
 
 A link is its bandwidth (a hardware profile's ``link``: ``1gbe``, ``10gbe``, ``25gbe`` or a
 measured ``<N>gbit``) and its round trip (``rtt_ms``, as ``net-test`` measures it, else the
-typical figure for the link's speed). The constants (how much of the line rate TCP through SSH
-gets, round trips per request and per RPC step, bytes per streamed token) are data in
-``fits.toml``'s ``[network]`` table, with the measurements they came from.
+typical figure for the link's speed). The constants (how much of the line rate a step's bytes
+get, round trips and fixed work per request and per RPC step, the lent cards' own part) are data
+in ``fits.toml``'s ``[network]`` table, with the measurements they came from.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ MASK_PAD = 256  # llama.cpp pads the KV cells a step looks at to a multiple of t
 class NetworkConstants:
     """How a link behaves (``[network]`` of fits.toml)."""
 
-    efficiency: float  # share of the line rate a TCP stream through SSH reaches
+    efficiency: float  # share of the line rate the bytes of a step get
     rtt_ms: dict[str, float]  # a typical round trip by link speed (Gbit/s as text)
-    route_round_trips: float  # per routed request: the tunnel's channel, request, answer
-    route_fixed_s: float  # per routed request: the second router and the tunnel's own work
+    route_round_trips: float  # per routed request: the request out, the answer's start back
+    route_fixed_s: float  # per routed request: the hop's own work
     sse_bytes_per_token: float  # one streamed token's event, as the client reads it
     rpc_round_trips: float  # per decode step of a worker pooled over RPC
     rpc_fixed_s: float  # per step: serialising the graph's inputs and the RPC server's work
@@ -140,7 +140,7 @@ def route_overhead_s(link: Link, prompt_tokens: int) -> float:
     return (
         c.route_round_trips * link.rtt_s
         + c.route_fixed_s
-        + route_bytes(prompt_tokens) / (link.bytes_s)
+        + route_bytes(prompt_tokens) / link.bytes_s
     )
 
 
