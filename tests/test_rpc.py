@@ -213,24 +213,18 @@ def _rpc_servers() -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-@needs_sshd
-def test_up_pools_the_second_box_over_rpc_through_the_tunnel(
-    tmp_path: Path,
-    box: sshbox.SshBox,
-    model_factory: Callable[..., Path],
-    llama_server: Path,
-) -> None:
-    """``up`` of a pooled-rpc group: the agent starts rpc-server on the second box's
-    127.0.0.1, the tunnel brings it here, the worker here takes ``--rpc`` at the tunnel and
-    answers; ``down`` leaves no rpc-server."""
-    model = model_factory("llama")
+def _pooled_fleet(
+    tmp_path: Path, box: sshbox.SshBox, model: Path, llama_server: Path, name: str
+) -> tuple[int, Path]:
+    """A launch profile of one pooled-rpc group "big" over the test sshd's box (one card);
+    its router port and path."""
     second_card = '[[hosts.cards]]\ncard = "rtx-5060-ti-16gb"\n'
     hardware = _hardware(tmp_path, box.target, tmp_path / "second-home", second_card)
     port = free_port()
-    fleet = tmp_path / "pooled.toml"
+    fleet = tmp_path / f"{name}.toml"
     fleet.write_text(
         f"""format = 2
-name = "pooled"
+name = "{name}"
 hardware = "{hardware}"
 [router]
 port = {port}
@@ -245,6 +239,21 @@ ctx = 512
 llama_server = "{llama_server}"
 """
     )
+    return port, fleet
+
+
+@needs_sshd
+def test_up_pools_the_second_box_over_rpc_through_the_tunnel(
+    tmp_path: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+) -> None:
+    """``up`` of a pooled-rpc group: the agent starts rpc-server on the second box's
+    127.0.0.1, the tunnel brings it here, the worker here takes ``--rpc`` at the tunnel and
+    answers; ``down`` leaves no rpc-server."""
+    model = model_factory("llama")
+    port, fleet = _pooled_fleet(tmp_path, box, model, llama_server, "pooled")
     up = run_cli("up", str(fleet), "--detach", timeout=240)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
@@ -266,6 +275,43 @@ llama_server = "{llama_server}"
     assert _until(lambda: not _servers(model), 30), _servers(model)
     agents = subprocess.run(["pgrep", "-f", "llama-launcher agent"], capture_output=True)
     assert not agents.stdout.strip()
+
+
+@needs_sshd
+def test_a_pooled_group_whose_host_is_lost_serves_again_when_it_is_back(
+    tmp_path: Path,
+    box: sshbox.SshBox,
+    model_factory: Callable[..., Path],
+    llama_server: Path,
+) -> None:
+    """``kill -9`` of the agent lending the cards: its rpc-server dies with it, the group is
+    down (its worker here is not restarted meanwhile), and when the host is tried again the
+    worker starts afresh on the new rpc-server and answers."""
+    import psutil
+
+    model = model_factory("llama")
+    port, fleet = _pooled_fleet(tmp_path, box, model, llama_server, "lent")
+    up = run_cli("up", str(fleet), "--detach", timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        assert _until(lambda: _groups("lent").get("big") == "running", 120)
+        first = _rpc_servers()
+        agents = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "agent" in (p.info["cmdline"] or [])
+            and "python" in Path((p.info["cmdline"] or [""])[0]).name
+        ]
+        assert len(agents) == 1
+        agents[0].kill()
+        assert _until(lambda: _groups("lent").get("big") == "down", 20)
+        assert _until(lambda: not set(first) & set(_rpc_servers()), 10)  # it died too
+        assert _until(lambda: _groups("lent").get("big") == "running", 90)
+        assert _until(lambda: _ask(port, "big", 5)[0] == 200, 60)
+        assert len(_rpc_servers()) == 1
+    finally:
+        run_cli("down", "lent", timeout=120)
+    assert _until(lambda: not _rpc_servers() and not _servers(model), 30)
 
 
 def test_the_network_constants_are_what_their_points_give() -> None:

@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 
 from launcher.errors import LauncherError
+from launcher.run.router_host import die_with_parent
 
 READY_TIMEOUT_S = 60.0
 
@@ -65,6 +66,7 @@ class RpcServer:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, "GGML_RPC_NO_RDMA": "1"},
+                preexec_fn=die_with_parent,  # an agent killed with -9 takes it along
             )
         except OSError as err:
             raise LauncherError(f"rpc-server could not start ({err.strerror}).") from err
@@ -126,6 +128,7 @@ class LentDevices:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env, "GGML_RPC_NO_RDMA": "1"},
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
