@@ -197,6 +197,9 @@ def test_a_pooled_rpc_layout_puts_the_remote_devices_first(
     assert any("layers on host lan-box over RPC" in n for n in best.notes)
     with pytest.raises(LauncherError, match="not a second host"):
         plan(spec, _lan(tmp_path), Workload(), ServerTarget(), "pooled-rpc", rpc_host="nope")
+    alone = run_cli("plan", str(model_factory("llama")), "--layout", "pooled-rpc")
+    assert alone.returncode != 0 and "Traceback" not in alone.stderr
+    assert "pooled-rpc needs another box's cards: plan with --hardware PROFILE" in alone.stderr
 
 
 def test_pooled_rpc_and_rpc_host_go_together(tmp_path: Path) -> None:

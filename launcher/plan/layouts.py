@@ -719,8 +719,9 @@ def build_layouts(
     cards = select_cards(host, workload)
     if kind == "pooled-rpc" and (rpc is None or not rpc.cards):
         raise LauncherError(
-            "Layout pooled-rpc needs another box's cards: give the group rpc_host = NAME, a "
-            'host of the fleet\'s hardware profile with [[hosts.cards]] and ssh = "user@host".'
+            "Layout pooled-rpc needs another box's cards: plan with --hardware PROFILE whose "
+            "second host lists its [[hosts.cards]] (and --rpc-host NAME), or give the "
+            "group rpc_host = NAME in a launch profile."
         )
     ctx = _Ctx(
         spec,
