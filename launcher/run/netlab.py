@@ -28,10 +28,20 @@ ADDRESS_B = "10.213.0.2"
 SLEEP_MIN_S = 50e-6  # a chunk due sooner than this goes now (a thread's sleep costs about that)
 
 
-def _ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+def _run(*argv: str) -> None:
+    """A setup command (ip, tc); one sentence with what it said when it fails."""
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise LauncherError(f"'ip {' '.join(args)}' failed: {done.stderr.strip()}")
+        raise LauncherError(f"'{' '.join(argv)}' failed: {done.stderr.strip()}")
+
+
+def _ip(*args: str) -> None:
+    _run("ip", *args)
+
+
+def _env() -> dict[str, str]:
+    """This environment, with this package importable by a program run in a namespace."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 @dataclass
@@ -73,59 +83,23 @@ class Lab:
         a few ms."""
         rate = f"{gbit * 1000:.0f}mbit"
         burst = max(int(gbit * 1e9 / 8 / 1000), 16 * 1514)  # about 1 ms of traffic
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                dev,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                str(burst),
-                "latency",
-                "20ms",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        tbf = ["tbf", "rate", rate, "burst", str(burst), "latency", "20ms"]
+        _ip("netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", *tbf)
 
-    def popen(self, ns: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        """``argv`` run inside namespace ``ns``."""
-        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)  # type: ignore[call-overload, no-any-return]
-
-    def proxy(self, listen_port: int, target_port: int, delay_ms: float) -> subprocess.Popen[bytes]:
+    def proxy(self, listen_port: int, target_port: int, delay_ms: float) -> None:
         """A delay proxy in ``a`` on 127.0.0.1:``listen_port`` to ``b``'s ``target_port``,
         each direction held ``delay_ms / 2``; returns once it listens."""
-        proc = self.popen(
-            self.a,
-            tool_argv("proxy", str(listen_port), ADDRESS_B, str(target_port), str(delay_ms)),
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if b"listening" not in line:
-            proc.kill()
-            raise LauncherError("The delay proxy did not start.")
-        return proc
+        argv = tool_argv("proxy", str(listen_port), ADDRESS_B, str(target_port), str(delay_ms))
+        self.start(self.a, argv, wait_for=b"listening")
 
     def start(self, ns: str, argv: Sequence[str], wait_for: bytes | None = None) -> None:
         """A long-running process in ``ns``, stopped by ``remove``; with ``wait_for``, once
         its first line has it."""
-        proc = self.popen(
-            ns,
-            argv,
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
             stdout=subprocess.PIPE if wait_for else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            env=_env(),
         )
         if wait_for is not None:
             assert proc.stdout is not None
@@ -135,14 +109,17 @@ class Lab:
 
     def tool(self, ns: str, *args: str, timeout_s: float = 600) -> dict[str, Any]:
         """One of this module's modes run in ``ns``; what it printed, as JSON."""
-        done = subprocess.run(
-            ["ip", "netns", "exec", ns, *tool_argv(*args)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
+        try:
+            done = subprocess.run(
+                ["ip", "netns", "exec", ns, *tool_argv(*args)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+                env=_env(),
+            )
+        except subprocess.TimeoutExpired as err:
+            raise LauncherError(f"The lab's {args[0]} took over {timeout_s:.0f} s.") from err
         if done.returncode != 0:
             tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
             raise LauncherError(f"The lab's {args[0]} failed: {tail[0]}")
@@ -157,7 +134,6 @@ class Lab:
 
     def remove(self) -> None:
         for ns in (self.a, self.b):
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True, check=False)
             pids = subprocess.run(
                 ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
             ).stdout.split()
@@ -180,15 +156,20 @@ def loopback_figures(megabytes: int = 512) -> tuple[float, float]:
             conn, _ = server.accept()
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                while data := conn.recv(1 << 20):
-                    if len(data) == 1:
-                        conn.sendall(data)
+                while data := conn.recv(1):
+                    conn.sendall(data)
+
+        def sink() -> None:
+            conn, _ = server.accept()
+            with conn:
+                while conn.recv(1 << 20):
+                    pass
 
         thread = threading.Thread(target=echo, daemon=True)
         thread.start()
         rtt = _round_trip_ms("127.0.0.1", port)
         thread.join(5)
-        thread = threading.Thread(target=echo, daemon=True)
+        thread = threading.Thread(target=sink, daemon=True)
         thread.start()
         chunk = b"\0" * (1 << 20)
         with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -196,7 +177,7 @@ def loopback_figures(megabytes: int = 512) -> tuple[float, float]:
             for _ in range(megabytes):
                 sock.sendall(chunk)
             sock.shutdown(socket.SHUT_WR)
-            thread.join(60)
+            thread.join(60)  # the sink has read it all
             seconds = time.perf_counter() - started
     return rtt, megabytes * (1 << 20) * 8 / seconds / 1e9
 
