@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from launcher.errors import LauncherError
@@ -109,14 +110,17 @@ llama_server = "{llama_server}"
     return path
 
 
-def _ask(port: int, model: str, timeout: float = 60) -> tuple[int, dict[str, str]]:
+def _ask(
+    port: int, model: str, timeout: float = 60, key: str | None = None
+) -> tuple[int, dict[str, str]]:
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     ).encode()
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        data=body,
-        headers={"Content-Type": "application/json"},
+        f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -143,6 +147,16 @@ def _ask_text(port: int, model: str) -> tuple[int, dict[str, str], str]:
 def _servers(model: Path) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"llama-server -m {model}"], capture_output=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def _agents() -> list[psutil.Process]:
+    """The ``llama-launcher agent`` processes running (the second box's)."""
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "agent" in (p.info["cmdline"] or [])
+        and "python" in Path((p.info["cmdline"] or [""])[0]).name
+    ]
 
 
 def _groups(fleet: str) -> dict[str, str]:
@@ -176,6 +190,15 @@ def test_a_host_says_how_to_reach_it(tmp_path: Path) -> None:
         with pytest.raises(LauncherError, match=words):
             load_hardware_profile(path)
         path = _hardware(tmp_path, "me@box.lan:2222", tmp_path / "h")
+    for more, words in [
+        ('reach = "wifi"\n', 'must be "tunnel"'),
+        ('reach = "lan"\n', 'needs address = "host:port"'),
+        ('reach = "lan"\naddress = "box.lan"\n', 'needs address = "host:port"'),
+    ]:
+        with pytest.raises(LauncherError, match=words):
+            load_hardware_profile(_hardware(tmp_path, "me@box.lan", tmp_path / "h", more))
+    lan = _hardware(tmp_path, "me@box.lan", tmp_path / "h", 'reach = "lan"\naddress = "b:80"\n')
+    assert load_hardware_profile(lan).hosts[1].info.reach == "lan"
 
 
 def test_a_remote_group_needs_its_host(
@@ -269,23 +292,10 @@ def test_a_host_on_the_lan_serves_with_the_fleets_key(
     try:
         assert f"reached at 127.0.0.1:{lan_port} on the LAN" in up.stdout
 
-        def ask(url: str, key: str | None) -> int:
-            body = json.dumps({"model": "far", "messages": [{"role": "user", "content": "hi"}]})
-            headers = {"Content-Type": "application/json"}
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            req = urllib.request.Request(url, data=body.encode(), headers=headers)
-            try:
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    return int(resp.status)
-            except urllib.error.HTTPError as err:
-                return int(err.code)
-
-        main = f"http://127.0.0.1:{port}/v1/chat/completions"
-        there = f"http://127.0.0.1:{lan_port}/v1/chat/completions"
-        assert _until(lambda: ask(main, "s3cret") == 200, 120), run_cli("logs", "lan/supervisor")
-        assert ask(there, None) == 401  # the LAN router wants the key
-        assert ask(there, "s3cret") == 200
+        served = _until(lambda: _ask(port, "far", 5, "s3cret")[0] == 200, 120)
+        assert served, run_cli("logs", "lan/supervisor")
+        assert _ask(lan_port, "far", key=None)[0] == 401  # the LAN router wants the key
+        assert _ask(lan_port, "far", key="s3cret")[0] == 200
         tunnels = subprocess.run(["pgrep", "-f", f"-L 127.0.0.1:.*{box.port}"], capture_output=True)
         assert not tunnels.stdout.strip()  # nothing to tunnel
     finally:
@@ -382,18 +392,11 @@ def test_a_lost_agent_is_reconnected_and_its_group_serves_again(
 ) -> None:
     """``kill -9`` of the agent on the second box (its workers die with it): the group is
     marked down at once, the host is tried again after 5 s and the group serves again."""
-    import psutil
-
     model = model_factory("llama")
     port, up = _up(tmp_path, box.target, model, llama_server, "again")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        agents = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if "agent" in (p.info["cmdline"] or [])
-            and "python" in Path((p.info["cmdline"] or [""])[0]).name
-        ]
+        agents = _agents()
         assert len(agents) == 1, [p.info["cmdline"] for p in agents]
         agents[0].kill()
         assert _until(lambda: _groups("again")["far"] == "down", 20)

@@ -27,7 +27,7 @@ from launcher.spec.fleet import FleetSpec, GroupSpec
 
 from . import sshbox
 from .conftest import free_port, run_cli
-from .test_remote import _ask, _groups, _hardware, _servers, _until, needs_sshd
+from .test_remote import _agents, _ask, _groups, _hardware, _servers, _until, needs_sshd
 
 PROMPT = "The quick brown fox"
 
@@ -290,8 +290,6 @@ def test_a_pooled_group_whose_host_is_lost_serves_again_when_it_is_back(
     """``kill -9`` of the agent lending the cards: its rpc-server dies with it, the group is
     down (its worker here is not restarted meanwhile), and when the host is tried again the
     worker starts afresh on the new rpc-server and answers."""
-    import psutil
-
     model = model_factory("llama")
     port, fleet = _pooled_fleet(tmp_path, box, model, llama_server, "lent")
     up = run_cli("up", str(fleet), "--detach", timeout=240)
@@ -299,12 +297,7 @@ def test_a_pooled_group_whose_host_is_lost_serves_again_when_it_is_back(
     try:
         assert _until(lambda: _groups("lent").get("big") == "running", 120)
         first = _rpc_servers()
-        agents = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if "agent" in (p.info["cmdline"] or [])
-            and "python" in Path((p.info["cmdline"] or [""])[0]).name
-        ]
+        agents = _agents()
         assert len(agents) == 1
         agents[0].kill()
         assert _until(lambda: _groups("lent").get("big") == "down", 20)

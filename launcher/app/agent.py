@@ -6,8 +6,8 @@ cards, runs them under a supervisor with a router on 127.0.0.1 (reached through 
 SSH tunnel), and starts an rpc-server on 127.0.0.1 for each pooled-rpc group of the main box
 that lends this box's cards. It reports on stdout in JSON lines: ``planned``, ``ready`` (the
 router's port, each group's state, each rpc-server's port), ``groups`` (states as they
-change), ``failed``. Human lines go to stderr, which ssh carries back into the main fleet's
-output.
+change), ``cards`` (this box's cards, every 2 s), ``failed``. Human lines go to stderr,
+which ssh carries back into the main fleet's output.
 
 It stops on ``{"stop": true}``, and when stdin ends (the SSH session is gone: the main
 supervisor stopped or died) after ``GRACE_S``, so that nothing outlives the fleet.
@@ -27,7 +27,7 @@ from typing import TextIO
 
 from launcher.app import fleet, server
 from launcher.errors import LauncherError
-from launcher.gpu.backend import open_backend
+from launcher.gpu.backend import GpuBackend, open_backend
 from launcher.gpu.nvml import NvmlUnavailable
 from launcher.gpu.sampler import GpuSampler
 from launcher.run.rpc import RpcServer, rpc_server_beside
@@ -94,13 +94,14 @@ def serve(stdin: TextIO, stdout: TextIO, grace_s: float = GRACE_S) -> int:
 
 class CardReport:
     """This box's cards, sampled every second, for the main box's Dashboard and ``status``
-    (an ``cards`` event: each card's name, total memory and latest sample)."""
+    (a ``cards`` event: each card's name, total memory and latest sample)."""
 
     def __init__(self) -> None:
         self.sampler: GpuSampler | None = None
+        self.backend: GpuBackend | None = None
         self.names: dict[int, tuple[str, int]] = {}
         try:
-            backend = open_backend()
+            self.backend = backend = open_backend()
             cards = backend.cards()
         except (NvmlUnavailable, LauncherError, OSError):
             return  # no cards to show (a CPU box, no driver)
@@ -121,6 +122,8 @@ class CardReport:
     def stop(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
+        if self.backend is not None:
+            self.backend.close()
 
 
 def _say(line: str) -> None:

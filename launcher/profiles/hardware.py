@@ -55,6 +55,7 @@ _HOST_KEYS = {
     "reach",
     "cpu_flags",
 }
+_ADDRESS = re.compile(r"^[A-Za-z0-9._-]+:\d{1,5}$")
 _SSH = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?$")
 _LINK = re.compile(r"^(?:(\d+(?:\.\d+)?)gbe|(\d+(?:\.\d+)?)\s*gbit)$")
 _CARD_KEYS = {
@@ -158,7 +159,8 @@ def _reach(ctx: _Ctx, raw: dict[str, Any], key: str) -> str:
             f'= {reach!r}: must be "tunnel" (through SSH, the default) or "lan" (its '
             "router on address, with the fleet's API key).",
         )
-    if reach == "lan" and not raw.get("address"):
+    address = raw.get("address")
+    if reach == "lan" and not (isinstance(address, str) and _ADDRESS.match(address)):
         raise ctx.fail(
             f"{key}.reach",
             '= "lan" needs address = "host:port": where its router listens on the LAN.',
