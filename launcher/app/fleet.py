@@ -289,8 +289,8 @@ def plan_spec(
                 "beside other groups on this box: give it cards = [...] in the profile, so "
                 "that the others are planned on the rest."
             )
+        with_rpc = remote.with_hosts_of(box, spec.hardware) if pooled else box
         for group in pooled:
-            with_rpc = remote.with_hosts_of(box, spec.hardware)
             planned, said = _plan_group(group, with_rpc, target, local, replan)
             groups.append(planned)
             lines += said
